@@ -1,0 +1,223 @@
+"""Train and load BERT's WordPiece tokenizer with Hugging Face ``tokenizers``.
+
+The folder written by :func:`train_tokenizer` holds ``tokenizer.json`` (the fast tokenizer, with
+BERT's normalizer, pre-tokenizer, ``[CLS] A [SEP] B [SEP]`` template and WordPiece decoder),
+``vocab.txt`` (one token a line, line number = id) and the two config files that make
+``transformers.BertTokenizerFast.from_pretrained(dir)`` and ``AutoTokenizer`` load it with the
+right special tokens and casing. ``bertpt_tokenizer.json`` records how it was trained, so training
+again with the same corpus and settings reuses it and different ones are refused.
+
+    python -m bertpt.tokenizer data/corpus.txt --out data/tokenizer --vocab-size 30522
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+
+from bertpt.corpus import Source, check_corpus, corpus_fingerprint, read_documents
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+# Below this share of the asked vocabulary the corpus is too small for the tokenizer it asks for.
+MIN_VOCAB_SHARE = 0.8
+META_FILE = "bertpt_tokenizer.json"
+
+
+def build_tokenizer(lowercase: bool = True) -> Tokenizer:
+    """An untrained WordPiece tokenizer with BERT's pipeline."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    # strip_accents=None follows lowercase, as in BERT: uncased strips accents, cased keeps them.
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def _add_template(tok: Tokenizer) -> None:
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+
+
+def _hf_configs(lowercase: bool, model_max_length: int) -> dict[str, dict]:
+    special = {
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    }
+    config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": lowercase,
+        "strip_accents": None,
+        "tokenize_chinese_chars": True,
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+        **special,
+    }
+    return {"tokenizer_config.json": config, "special_tokens_map.json": special}
+
+
+def save_tokenizer(
+    tok: Tokenizer, out_dir: Path, lowercase: bool, model_max_length: int = 512
+) -> None:
+    """Write tokenizer.json, vocab.txt and the transformers config files into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    (out_dir / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
+    for name, content in _hf_configs(lowercase, model_max_length).items():
+        (out_dir / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+
+def _sentences(source: Source, format: str, text_column: str) -> Iterator[str]:
+    for doc in read_documents(source, format, text_column):
+        yield from doc
+
+
+def train_tokenizer(
+    files: Source,
+    out_dir: str | os.PathLike,
+    vocab_size: int = 30522,
+    lowercase: bool = True,
+    min_frequency: int = 2,
+    limit_alphabet: int = 1000,
+    format: str = "auto",
+    text_column: str = "text",
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """Train a WordPiece tokenizer on a corpus and save it in ``out_dir``; return ``out_dir``.
+
+    The corpus is streamed (any format of :mod:`bertpt.corpus`). A folder that already holds the
+    tokenizer of the same corpus and settings is reused; one holding another tokenizer is an error
+    unless ``overwrite``. A vocabulary far smaller than ``vocab_size`` (a tiny corpus) is an error.
+    """
+    out = Path(out_dir)
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(
+            f"vocab_size ({vocab_size}) must exceed the {len(SPECIAL_TOKENS)} specials"
+        )
+    check_corpus(files, format, text_column)
+    meta = {
+        "corpus": corpus_fingerprint(files, format, text_column),
+        "vocab_size": vocab_size,
+        "lowercase": lowercase,
+        "min_frequency": min_frequency,
+        "limit_alphabet": limit_alphabet,
+    }
+    if (out / "tokenizer.json").exists() and not overwrite:
+        meta_path = out / META_FILE
+        old = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        if old == meta:
+            log.info("tokenizer in %s already trained with these settings: reusing it", out)
+            return out
+        raise FileExistsError(
+            f"{out} already holds a different tokenizer (trained with {old or 'unknown settings'}):"
+            " pass overwrite=True (--overwrite) or choose another folder"
+        )
+
+    tok = build_tokenizer(lowercase)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        limit_alphabet=limit_alphabet,
+        continuing_subword_prefix="##",
+        show_progress=show_progress,
+    )
+    tok.train_from_iterator(_sentences(files, format, text_column), trainer=trainer)
+    got = tok.get_vocab_size()
+    if got < MIN_VOCAB_SHARE * vocab_size:
+        raise ValueError(
+            f"the corpus yields a vocabulary of only {got} tokens, far fewer than vocab_size "
+            f"({vocab_size}): use a larger corpus or ask for vocab_size <= {got}"
+        )
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    _add_template(tok)
+
+    # Write beside the target and swap in, so a crash never leaves half a tokenizer behind.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    save_tokenizer(tok, tmp, lowercase)
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    log.info("trained a %d-token WordPiece tokenizer in %s", got, out)
+    return out
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load ``tokenizer.json`` from a folder (or the file itself)."""
+    p = Path(path)
+    file = p / "tokenizer.json" if p.is_dir() else p
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"no tokenizer at {p} (expected {file}): train one with python -m bertpt.tokenizer"
+        )
+    return Tokenizer.from_file(str(file))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bertpt.tokenizer",
+        description="Train a BERT WordPiece tokenizer on a corpus (any bertpt corpus format).",
+    )
+    parser.add_argument("corpus", nargs="+", help="text file(s), folder(s) or a datasets name")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--vocab-size", type=int, default=30522)
+    parser.add_argument("--cased", action="store_true", help="keep case and accents")
+    parser.add_argument("--min-frequency", type=int, default=2)
+    parser.add_argument("--limit-alphabet", type=int, default=1000)
+    parser.add_argument(
+        "--format", default="auto", choices=["auto", "bert", "lines", "files", "datasets"]
+    )
+    parser.add_argument("--text-column", default="text", help="column of a datasets corpus")
+    parser.add_argument("--overwrite", action="store_true", help="replace a different tokenizer")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        out = train_tokenizer(
+            args.corpus if len(args.corpus) > 1 else args.corpus[0],
+            args.out,
+            vocab_size=args.vocab_size,
+            lowercase=not args.cased,
+            min_frequency=args.min_frequency,
+            limit_alphabet=args.limit_alphabet,
+            format=args.format,
+            text_column=args.text_column,
+            overwrite=args.overwrite,
+        )
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        parser.exit(2, f"error: {e}\n")
+    print(f"tokenizer: {out} ({load_tokenizer(out).get_vocab_size()} tokens)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Shared fixtures: the real default corpus and a small tokenizer trained on it, built once."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def default_corpus(tmp_path_factory):
+    """The offline default corpus (stdlib docstrings, BERT format), about 1.6 MB."""
+    from bertpt.corpus import build_default_corpus
+
+    return build_default_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(default_corpus, tmp_path_factory):
+    """An uncased 2,000-token WordPiece tokenizer trained on the default corpus."""
+    from bertpt.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    return train_tokenizer(default_corpus, out, vocab_size=2000, show_progress=False)

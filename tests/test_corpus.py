@@ -1,0 +1,158 @@
+import logging
+
+import datasets
+import pytest
+
+from bertpt.corpus import (
+    CorpusError,
+    build_default_corpus,
+    check_corpus,
+    corpus_fingerprint,
+    read_documents,
+    split_sentences,
+)
+
+BERT_TEXT = (
+    "First doc one.\nFirst doc two.\n\nSecond doc one.\nSecond doc two.\nSecond doc three.\n"
+)
+
+
+def test_bert_format(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text(BERT_TEXT)
+    docs = list(read_documents(f))
+    assert docs == [
+        ["First doc one.", "First doc two."],
+        ["Second doc one.", "Second doc two.", "Second doc three."],
+    ]
+
+
+def test_bert_format_messy_whitespace(tmp_path):
+    # Blank lines at the start and end, Windows line endings, runs of blank (and space-only) lines.
+    f = tmp_path / "c.txt"
+    f.write_bytes(b"\r\n\r\n  \r\nA one.\r\nA two.\r\n\r\n \r\n\r\nB one.  \r\n\r\n\r\n")
+    assert list(read_documents(f, format="bert")) == [["A one.", "A two."], ["B one."]]
+
+
+def test_lines_format_splits_sentences(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text("Dr. Smith went home. He slept well! Did he?\n\nAnother doc. It has two.\n")
+    # auto sniffs a blank line between text lines as BERT format; ask for lines explicitly
+    docs = list(read_documents(f, format="lines"))
+    assert docs == [
+        ["Dr. Smith went home.", "He slept well!", "Did he?"],
+        ["Another doc.", "It has two."],
+    ]
+    g = tmp_path / "d.txt"
+    g.write_text("One doc. Two sentences.\nSecond doc. Also two.\n")
+    assert list(read_documents(g)) == [["One doc.", "Two sentences."], ["Second doc.", "Also two."]]
+
+
+def test_folder_of_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b.txt").write_text("Bee one.\nStill bee one, wrapped. Bee two.")
+    (tmp_path / "sub" / "a.txt").write_text("Ay one. Ay two.")
+    (tmp_path / "ignored.md").write_text("Not text corpus.")
+    docs = list(read_documents(tmp_path))
+    assert docs == [["Bee one.", "Still bee one, wrapped.", "Bee two."], ["Ay one.", "Ay two."]]
+
+
+def test_list_of_sources(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text(BERT_TEXT)
+    assert len(list(read_documents([f, f]))) == 4
+
+
+def test_datasets_local_path(tmp_path):
+    ds = datasets.Dataset.from_dict(
+        {"body": ["One here. Two here.", "", "Three. Four."], "id": [1, 2, 3]}
+    )
+    ds.save_to_disk(tmp_path / "ds")
+    docs = list(read_documents(tmp_path / "ds", format="datasets", text_column="body"))
+    assert docs == [["One here.", "Two here."], ["Three.", "Four."]]
+    with pytest.raises(CorpusError, match=r"no column 'text'.*data.text_column"):
+        list(read_documents(tmp_path / "ds", format="datasets"))
+
+
+def test_datasets_data_files_folder(tmp_path):
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "train.jsonl").write_text(
+        '{"text": "Alpha beta. Gamma delta."}\n{"text": "Epsilon zeta. Eta theta."}\n'
+    )
+    docs = list(read_documents(tmp_path / "j", format="datasets"))
+    assert docs == [["Alpha beta.", "Gamma delta."], ["Epsilon zeta.", "Eta theta."]]
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, r"corpus not found: .*missing\.txt"),
+        (b"", r"is empty"),
+        (b"\n\n  \n\r\n", r"is empty"),
+        (b"\x7fELF\x02\x01\x00\x00binary", r"looks like a binary file"),
+        (bytes(range(128, 256)) * 10, r"is not UTF-8 text"),
+        (b"Only one document. With two sentences.\n", r"only one document"),
+    ],
+)
+def test_bad_input_one_line_error(tmp_path, content, match):
+    f = tmp_path / "missing.txt"
+    if content is not None:
+        f.write_bytes(content)
+    with pytest.raises(CorpusError, match=match) as e:
+        check_corpus(f)
+    assert "\n" not in str(e.value)
+    if content is not None:
+        assert str(f) in str(e.value)
+
+
+def test_folder_without_txt(tmp_path):
+    (tmp_path / "x.md").write_text("hello")
+    with pytest.raises(CorpusError, match=r"holds no \.txt files"):
+        check_corpus(tmp_path)
+
+
+def test_unknown_format(tmp_path):
+    with pytest.raises(CorpusError, match="unknown corpus format 'csv'"):
+        list(read_documents(tmp_path, format="csv"))
+
+
+def test_stray_bytes_are_replaced_and_counted(tmp_path, caplog):
+    f = tmp_path / "c.txt"
+    f.write_bytes(b"Good line \xff\xfe here.\nMore.\n\nSecond doc.\n")
+    with caplog.at_level(logging.WARNING):
+        docs = list(read_documents(f))
+    assert docs[0][0] == "Good line \ufffd\ufffd here."
+    assert "replaced 2 invalid UTF-8 byte(s)" in caplog.text
+    check_corpus(f)  # not fatal
+
+
+def test_split_sentences():
+    # newlines inside a paragraph are wrapping, not boundaries; abbreviations do not end sentences
+    got = split_sentences("  Dr. Smith wrote\nthis one. Wraps here. Next!  ")
+    assert got == ["Dr. Smith wrote this one.", "Wraps here.", "Next!"]
+    assert split_sentences(" \n ") == []
+
+
+def test_fingerprint_changes_with_content(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text(BERT_TEXT)
+    a = corpus_fingerprint(f)
+    assert corpus_fingerprint(f) == a
+    f.write_text(BERT_TEXT + "\nThird doc.\nMore.\n")
+    assert corpus_fingerprint(f) != a
+
+
+def test_default_corpus_is_deterministic_real_english(default_corpus, tmp_path):
+    again = build_default_corpus(tmp_path / "again.txt")
+    assert again.read_bytes() == default_corpus.read_bytes()
+    size = default_corpus.stat().st_size
+    assert 1_000_000 < size < 20_000_000
+    docs = list(read_documents(default_corpus, format="bert"))
+    assert len(docs) > 300
+    sentences = [s for d in docs for s in d]
+    assert len(sentences) > 10_000
+    words = " ".join(sentences).lower().split()
+    # real English prose: the commonest function words are there in bulk
+    for w in ("the", "of", "a", "is", "to", "and"):
+        assert words.count(w) > 1000, w
+    assert build_default_corpus(default_corpus) == default_corpus  # existing file is kept

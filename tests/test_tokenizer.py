@@ -1,0 +1,94 @@
+import json
+
+import pytest
+from transformers import AutoTokenizer, BertTokenizerFast
+
+from bertpt.tokenizer import SPECIAL_TOKENS, load_tokenizer, main, train_tokenizer
+
+
+def test_specials_and_files(tokenizer_dir):
+    tok = load_tokenizer(tokenizer_dir)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert tok.get_vocab_size() == 2000
+    vocab = (tokenizer_dir / "vocab.txt").read_text().splitlines()
+    assert len(vocab) == 2000 and vocab[:5] == SPECIAL_TOKENS
+    assert all(vocab[i] == tok.id_to_token(i) for i in range(0, 2000, 97))
+
+
+@pytest.mark.parametrize("cls", [BertTokenizerFast, AutoTokenizer])
+def test_transformers_round_trip(tokenizer_dir, cls):
+    hf = cls.from_pretrained(tokenizer_dir)
+    assert (
+        hf.pad_token_id,
+        hf.unk_token_id,
+        hf.cls_token_id,
+        hf.sep_token_id,
+        hf.mask_token_id,
+    ) == (
+        0,
+        1,
+        2,
+        3,
+        4,
+    )
+    enc = hf("Return The Value.", "The second SENTENCE is here.")
+    ids, types = enc["input_ids"], enc["token_type_ids"]
+    first_sep = ids.index(3)
+    assert ids[0] == 2 and ids[-1] == 3 and ids.count(3) == 2
+    assert types == [0] * (first_sep + 1) + [1] * (len(ids) - first_sep - 1)
+    # uncased: case does not change the ids
+    assert hf("return the value.")["input_ids"] == hf("RETURN THE VALUE.")["input_ids"]
+    assert "[UNK]" not in hf.convert_ids_to_tokens(ids)
+    # same ids as bertpt's own tokenizer
+    assert (
+        load_tokenizer(tokenizer_dir)
+        .encode("Return The Value.", "The second SENTENCE is here.")
+        .ids
+        == ids
+    )
+
+
+def test_cased(default_corpus, tmp_path):
+    out = train_tokenizer(
+        default_corpus, tmp_path / "cased", vocab_size=1500, lowercase=False, show_progress=False
+    )
+    hf = AutoTokenizer.from_pretrained(out)
+    assert hf("Return value")["input_ids"] != hf("return value")["input_ids"]
+    assert json.loads((out / "tokenizer_config.json").read_text())["do_lower_case"] is False
+
+
+def test_tiny_corpus_vocab_too_small(tmp_path):
+    f = tmp_path / "tiny.txt"
+    f.write_text("A tiny corpus.\nWith two lines.\n\nAnd a second document.\n")
+    with pytest.raises(
+        ValueError, match=r"vocabulary of only \d+ tokens, far fewer than vocab_size \(30522\)"
+    ):
+        train_tokenizer(f, tmp_path / "tok", show_progress=False)
+    assert not (tmp_path / "tok").exists()  # nothing half-written
+
+
+def test_reuse_and_refuse_different(default_corpus, tokenizer_dir, tmp_path):
+    before = (tokenizer_dir / "tokenizer.json").stat().st_mtime_ns
+    assert (
+        train_tokenizer(default_corpus, tokenizer_dir, vocab_size=2000, show_progress=False)
+        == tokenizer_dir
+    )
+    assert (tokenizer_dir / "tokenizer.json").stat().st_mtime_ns == before  # reused, not retrained
+    with pytest.raises(FileExistsError, match=r"already holds a different tokenizer.*overwrite"):
+        train_tokenizer(default_corpus, tokenizer_dir, vocab_size=1000, show_progress=False)
+    copy = tmp_path / "t"
+    train_tokenizer(default_corpus, copy, vocab_size=2000, show_progress=False)
+    train_tokenizer(default_corpus, copy, vocab_size=1000, overwrite=True, show_progress=False)
+    assert load_tokenizer(copy).get_vocab_size() == 1000
+
+
+def test_cli(default_corpus, tmp_path, capsys):
+    main([str(default_corpus), "--out", str(tmp_path / "t"), "--vocab-size", "800", "--cased"])
+    assert "800 tokens" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "nope.txt"), "--out", str(tmp_path / "u")])
+    assert e.value.code == 2
+    assert "corpus not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
