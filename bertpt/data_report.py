@@ -1,0 +1,184 @@
+"""What the data pipeline makes of a corpus, measured before any training.
+
+    python -m bertpt.data_report data/corpus.txt --tokenizer data/tokenizer --batch-size 32
+
+prints documents, sentences, tokens, the [UNK] rate, pairs per epoch, the share of random-next
+pairs, the truncation rate, the padding waste at the batch size, and the realised masking rate
+with its 80/10/10 split; :func:`check_data` raises a ValueError naming what cannot work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from bertpt.collator import MaskingCollator
+from bertpt.pairs import NSPPairDataset
+from bertpt.store import DocumentStore
+
+
+def _unk_count(store: DocumentStore, unk_id: int) -> int:
+    if store.doc_ids is None:  # whole table: one vectorised pass over every Arrow chunk
+        return sum(int(np.count_nonzero(t == unk_id)) for t in store.iter_token_chunks())
+    lo, hi = store.doc_token_ranges
+    return sum(
+        int(np.count_nonzero(store.tokens(a, b) == unk_id)) for a, b in zip(lo, hi, strict=True)
+    )
+
+
+def data_report(
+    store: DocumentStore,
+    pair_dataset: NSPPairDataset,
+    collator: MaskingCollator,
+    batch_size: int,
+    num_batches: int = 50,
+    unk_id: int = 1,
+    seed: int = 0,
+) -> dict:
+    """Corpus, pair and masking statistics; masking is measured on ``num_batches`` random
+    batches of ``batch_size`` (as a shuffling sampler would draw them)."""
+    plan = pair_dataset.plan
+    tokens = store.num_tokens
+    report = {
+        "documents": len(store),
+        "sentences": store.num_sentences,
+        "tokens": tokens,
+        "unk_rate": _unk_count(store, unk_id) / max(tokens, 1),
+        "max_seq_length": pair_dataset.max_seq_length,
+        "objective": pair_dataset.objective,
+        "pairs_per_epoch": len(pair_dataset),
+        "random_pair_share": float(plan["label"].mean()) if plan else 0.0,
+        "truncation_rate": float(plan["truncated"].mean()) if plan else 0.0,
+        "mean_pair_length": float((plan["a_len"] + plan["b_len"] + 3).mean()) if plan else 0.0,
+        "batch_size": batch_size,
+    }
+    if not plan:
+        return report
+    rng = np.random.default_rng([seed, 0xDA7A])
+    n = len(pair_dataset)
+    real = padded = candidates = selected = masked = kept = 0
+    for _ in range(num_batches):
+        idx = rng.choice(n, min(batch_size, n), replace=False)
+        items = [pair_dataset[int(i)] for i in idx]
+        batch = collator(items)
+        ids, labels, att = batch["input_ids"], batch["labels"], batch["attention_mask"]
+        real += int(att.sum())
+        padded += att.numel()
+        orig = np.concatenate([x["input_ids"] for x in items])
+        candidates += int((~collator.special_lut[orig]).sum())
+        sel = labels != -100
+        selected += int(sel.sum())
+        masked += int((ids[sel] == collator.mask_id).sum())
+        kept += int((ids[sel] == labels[sel]).sum())
+    report.update(
+        padding_waste=1 - real / max(padded, 1),
+        masking_rate=selected / max(candidates, 1),
+        mask_share=masked / max(selected, 1),
+        # A random replacement that draws the original token counts as kept (1 in vocab_size).
+        random_share=(selected - masked - kept) / max(selected, 1),
+        keep_share=kept / max(selected, 1),
+        batches_measured=num_batches,
+    )
+    return report
+
+
+def check_data(report: dict) -> None:
+    """Raise a ValueError naming the reason when the data cannot train a model."""
+    if report["max_seq_length"] < 5:
+        raise ValueError(
+            f"max_seq_length ({report['max_seq_length']}) cannot hold [CLS] A [SEP] B [SEP]: "
+            "use >= 5"
+        )
+    if report["documents"] == 0 or report["tokens"] == 0:
+        raise ValueError("the corpus yields no tokens: it is empty or holds only whitespace")
+    if report["pairs_per_epoch"] == 0:
+        raise ValueError("no usable pair: every document holds fewer than two tokens")
+    if report["objective"] == "nsp" and report["documents"] < 2:
+        raise ValueError(
+            f"next-sentence prediction needs >= 2 documents, the corpus has {report['documents']}"
+        )
+    if report["unk_rate"] > 0.05:
+        raise ValueError(
+            f"{report['unk_rate']:.1%} of the tokens are [UNK]: the tokenizer does not fit this "
+            "corpus (train one on it with python -m bertpt.tokenizer)"
+        )
+
+
+def _print(report: dict) -> None:
+    pct = {"unk_rate", "random_pair_share", "truncation_rate", "padding_waste", "masking_rate"}
+    pct |= {"mask_share", "random_share", "keep_share"}
+    for key, value in report.items():
+        if key in pct:
+            print(f"{key:<20}{value:>14.2%}")
+        elif isinstance(value, float):
+            print(f"{key:<20}{value:>14.1f}")
+        elif isinstance(value, int):
+            print(f"{key:<20}{value:>14,}")
+        else:
+            print(f"{key:<20}{value!s:>14}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bertpt.data_report", description=__doc__)
+    parser.add_argument("corpus", nargs="+", help="text file(s), folder(s) or a datasets name")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer folder or tokenizer.json")
+    parser.add_argument("--cache-dir", default=os.environ.get("BERTPT_CACHE", "~/.cache/bertpt"))
+    parser.add_argument("--format", default="auto")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--num-proc", type=int, default=1)
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-batches", type=int, default=50)
+    parser.add_argument("--objective", default="nsp", choices=["nsp", "sop"])
+    parser.add_argument("--nsp-probability", type=float, default=0.5)
+    parser.add_argument("--short-seq-prob", type=float, default=0.1)
+    parser.add_argument("--mlm-probability", type=float, default=0.15)
+    parser.add_argument("--mask-mode", default="independent", choices=["independent", "exact"])
+    parser.add_argument("--whole-word-mask", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    try:
+        ds = NSPPairDataset.from_files(
+            args.corpus if len(args.corpus) > 1 else args.corpus[0],
+            args.tokenizer,
+            max_seq_length=args.max_seq_length,
+            seed=args.seed,
+            cache_dir=args.cache_dir,
+            format=args.format,
+            text_column=args.text_column,
+            num_proc=args.num_proc,
+            short_seq_prob=args.short_seq_prob,
+            nsp_probability=args.nsp_probability,
+            objective=args.objective,
+        )
+        collator = MaskingCollator(
+            args.tokenizer,
+            mlm_probability=args.mlm_probability,
+            seed=args.seed,
+            mask_mode=args.mask_mode,
+            whole_word_mask=args.whole_word_mask,
+        )
+        unk = _unk_id(args.tokenizer)
+        report = data_report(ds.store, ds, collator, args.batch_size, args.num_batches, unk)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print(report)
+        check_data(report)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"error: {e}\n")
+
+
+def _unk_id(tokenizer: str) -> int:
+    from bertpt.collator import resolve_tokenizer
+
+    unk = resolve_tokenizer(tokenizer).token_to_id("[UNK]")
+    return 1 if unk is None else unk
+
+
+if __name__ == "__main__":
+    main()
