@@ -1,0 +1,258 @@
+"""LightningModule: losses, metrics, optimizer and schedule around ``bertpt.model``.
+
+The model itself knows nothing of Lightning; this module owns what training adds: AdamW with
+BERT's decay exclusions, warmup + linear decay, metrics, the NaN guard and the random state kept
+in checkpoints (so a resumed run continues the uninterrupted one exactly).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import nn
+
+from bertpt.model import BertConfig, BertForPreTraining, BertLayer
+
+log = logging.getLogger(__name__)
+
+# Parameters that BERT excludes from weight decay (Google's optimization.py: "LayerNorm", "bias").
+NO_DECAY = ("bias", "LayerNorm.weight")
+
+
+def warmup_linear_decay(warmup_steps: int, max_steps: int):
+    """Learning-rate multiplier: 0 -> 1 over warmup_steps, then 1 -> 0 linearly at max_steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+
+    return factor
+
+
+def fsdp_wrap_policy():
+    """Shard each transformer layer on its own (conf/trainer/fsdp.yaml)."""
+    from functools import partial
+
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    return partial(transformer_auto_wrap_policy, transformer_layer_cls={BertLayer})
+
+
+class BertPretrainModule(pl.LightningModule):
+    """MLM + NSP pretraining of ``BertForPreTraining`` (held as ``self.model``)."""
+
+    def __init__(
+        self,
+        model_config: dict[str, Any],
+        optim: dict[str, Any],
+        init_from: str | None = None,
+        tokenizer_dir: str | None = None,
+        on_nan: str = "stop",
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if on_nan not in ("stop", "skip"):
+            raise ValueError(f"on_nan={on_nan!r}: use 'stop' or 'skip'")
+        # model_config and tokenizer_dir are what `python -m bertpt.export run.ckpt` reads back.
+        self.save_hyperparameters()
+        self.model: BertForPreTraining | None = None
+        self.optim = optim
+        self._last_step_time: float | None = None
+        self._val_sums: torch.Tensor | None = None
+        self._rng_to_restore: dict | None = None
+
+    def configure_model(self) -> None:
+        """Build the model once the data is prepared: its vocabulary is the tokenizer's."""
+        if self.model is not None:
+            return
+        cfg = self.hparams.model_config
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None:
+            cfg["vocab_size"] = datamodule.vocab_size
+            self.hparams.tokenizer_dir = str(datamodule.tokenizer_dir)
+        init_from = self.hparams.init_from
+        if init_from:
+            from bertpt.hf import from_hf
+
+            self.model = from_hf(init_from)
+            if self.model.config.vocab_size != cfg["vocab_size"]:
+                raise ValueError(
+                    f"model.init_from {init_from} has vocab_size {self.model.config.vocab_size} "
+                    f"but the tokenizer has {cfg['vocab_size']}: train with that model's tokenizer "
+                    "(tokenizer.path=...)"
+                )
+            cfg.update(asdict(self.model.config))
+        else:
+            self.model = BertForPreTraining(BertConfig(**cfg))
+        if self.hparams.compile:
+            # In place, layer by layer: state_dict keys stay those of transformers.
+            for layer in self.model.bert.encoder.layer:
+                layer.compile()
+
+    def on_fit_start(self) -> None:
+        report = getattr(self.trainer.datamodule, "report", None)
+        if report and self.trainer.is_global_zero:
+            log.info("data report: %s", report)
+            for lg in self.trainer.loggers:
+                lg.log_hyperparams({"data_report": report})
+
+    def forward(self, **batch: torch.Tensor):
+        return self.model(**batch)
+
+    # --- training -----------------------------------------------------------------------------
+
+    def _metrics(self, batch: dict[str, torch.Tensor], out) -> dict[str, torch.Tensor]:
+        labels = batch["labels"]
+        masked = labels[labels != -100]  # (N,) in the row-major order of prediction_logits
+        mlm_correct = (out.prediction_logits.argmax(-1) == masked).sum()
+        nsp_correct = (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
+        return {
+            "n_masked": torch.tensor(masked.numel(), device=labels.device),
+            "mlm_correct": mlm_correct,
+            "nsp_correct": nsp_correct,
+            "n_seq": torch.tensor(labels.shape[0], device=labels.device),
+        }
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
+        out = self.model(**batch)
+        loss = out.loss
+        finite = bool(torch.isfinite(loss).all())
+        # Every rank must take the same decision, or DDP would hang on a skipped all-reduce.
+        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            msg = f"loss is {loss.item()} at step {self.global_step} (batch {batch_idx})"
+            if self.hparams.on_nan == "stop":
+                raise FloatingPointError(
+                    f"{msg}: lower optim.lr, check the data, or set on_nan=skip to skip such steps"
+                )
+            log.warning("%s: skipping this step (on_nan=skip)", msg)
+            return None
+
+        m = self._metrics(batch, out)
+        n = batch["labels"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/mlm_loss", out.mlm_loss, batch_size=n)
+        self.log("train/nsp_loss", out.nsp_loss, batch_size=n)
+        self.log(
+            "train/mlm_acc",
+            m["mlm_correct"] / m["n_masked"].clamp(min=1),
+            prog_bar=True,
+            batch_size=n,
+        )
+        self.log("train/nsp_acc", m["nsp_correct"] / n, batch_size=n)
+
+        # Throughput over the whole step (data wait included), scaled to all ranks.
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            dt = now - self._last_step_time
+            world = self.trainer.world_size
+            self.log("train/seq_per_s", n * world / dt, batch_size=n)
+            tokens = batch["attention_mask"].sum() * world
+            self.log("train/tok_per_s", tokens.float() / dt, batch_size=n)
+        self._last_step_time = now
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Before clipping: the norm the clip is judged against.
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in grads])
+            )
+            self.log("train/grad_norm", norm)
+
+    # --- validation ---------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        # sums of: mlm loss x masked, masked, mlm correct, nsp correct, sequences
+        self._val_sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.model(**batch)
+        m = self._metrics(batch, out)
+        self._val_sums += torch.stack(
+            [
+                out.mlm_loss.double() * m["n_masked"],
+                m["n_masked"].double(),
+                m["mlm_correct"].double(),
+                m["nsp_correct"].double(),
+                m["n_seq"].double(),
+            ]
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
+        loss_x_n, n_masked, mlm_correct, nsp_correct, n_seq = sums.tolist()
+        mlm_loss = loss_x_n / max(n_masked, 1)
+        metrics = {
+            "val/mlm_loss": mlm_loss,
+            "val/mlm_acc": mlm_correct / max(n_masked, 1),
+            "val/nsp_acc": nsp_correct / max(n_seq, 1),
+            "val/perplexity": math.exp(min(mlm_loss, 50.0)),
+        }
+        for name, value in metrics.items():
+            self.log(
+                name, value, prog_bar=name == "val/mlm_acc", sync_dist=False, rank_zero_only=False
+            )
+
+    # --- optimizer ----------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        o = self.optim
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if name.endswith(NO_DECAY) else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": o["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"])
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_linear_decay(o["warmup_steps"], o["max_steps"])
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --- random state in checkpoints (exact resume of dropout and anything else random) --------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # as tensors and ints: checkpoints load with torch.load(weights_only=True)
+            "numpy": [
+                torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+                for x in np.random.get_state()
+            ],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Restored after Lightning has finished restoring, at the start of training (see
+        # on_train_start): the loaders and the trainer may draw random numbers while restoring.
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        states = self._rng_to_restore
+        if states:
+            torch.set_rng_state(states["torch"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+            np.random.set_state(
+                tuple(x.numpy() if isinstance(x, torch.Tensor) else x for x in states["numpy"])
+            )
+            random.setstate(states["python"])
+            self._rng_to_restore = None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,138 @@
+"""Pretrain BERT: ``python -m bertpt.train +experiment=mini [key=value ...]``.
+
+``train(cfg)`` builds everything from a composed config, fits, exports and returns the metrics;
+``main`` is the Hydra wrapper around it. Tests call ``train`` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bertpt.datamodule import PretrainDataModule
+from bertpt.model import BertConfig
+from bertpt.module import BertPretrainModule
+
+log = logging.getLogger("bertpt.train")
+
+# Keys of conf/trainer that change only the speed and that Lightning's Trainer does not take.
+SPEED_KEYS = ("num_workers", "pad_to_multiple_of", "compile")
+
+
+def _fit_to_machine(trainer_cfg: dict[str, Any]) -> None:
+    """Run a GPU config on a machine without a GPU: warn and use what the CPU supports."""
+    if trainer_cfg.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        log.warning(
+            "no GPU here: running on the CPU with 1 device, fp32 (asked: %s devices, %s, %s)",
+            trainer_cfg.get("devices"),
+            trainer_cfg.get("strategy"),
+            trainer_cfg.get("precision"),
+        )
+        trainer_cfg.update(accelerator="cpu", devices=1, strategy="auto", precision="32-true")
+    elif not torch.cuda.is_available() and str(trainer_cfg.get("precision")).startswith("16"):
+        log.warning("fp16 needs a GPU: using 32-true on the CPU")
+        trainer_cfg["precision"] = "32-true"
+
+
+def _check_config(cfg: DictConfig) -> dict[str, Any]:
+    """Fail in one line, before any long work, on settings that cannot work together."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.pop("init_from", None)
+    BertConfig(**model_cfg)  # validates sizes, heads, activation
+    seq, pos = cfg.data.max_seq_length, model_cfg["max_position_embeddings"]
+    if seq > pos:
+        raise ValueError(
+            f"data.max_seq_length ({seq}) exceeds model.max_position_embeddings ({pos}): "
+            f"lower data.max_seq_length or raise model.max_position_embeddings"
+        )
+    return model_cfg
+
+
+def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` -> this run's last.ckpt; a run folder -> its last.ckpt; else the path as given."""
+    if ckpt_path is None:
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: give a .ckpt file or a run folder, or use ckpt_path=last "
+            "with hydra.run.dir set to the run to resume"
+        )
+    return str(path)
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    if not group:
+        return []
+    return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Pretrain with a composed config; return the final metrics (for sweepers and tests)."""
+    model_cfg = _check_config(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    speed = {k: trainer_cfg.pop(k, None) for k in SPEED_KEYS}
+    _fit_to_machine(trainer_cfg)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        trainer_cfg,
+        callbacks=_instantiate_all(cfg.get("callbacks")),
+        logger=_instantiate_all(cfg.get("logger")) or False,
+    )
+
+    datamodule = PretrainDataModule(
+        data=OmegaConf.to_container(cfg.data, resolve=True),
+        tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True),
+        paths=OmegaConf.to_container(cfg.paths, resolve=True),
+        seed=cfg.seed,
+        num_workers=speed["num_workers"] or 0,
+        pad_to_multiple_of=speed["pad_to_multiple_of"],
+    )
+    module = BertPretrainModule(
+        model_config=model_cfg,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        init_from=cfg.model.get("init_from"),
+        on_nan=cfg.on_nan,
+        compile=bool(speed["compile"]),
+    )
+
+    run_config = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
+    run_config = OmegaConf.to_container(OmegaConf.create(run_config), resolve=True)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(run_config)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.ckpt_path, output_dir))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    if cfg.export_hf and trainer.is_global_zero:
+        from bertpt.hf import to_hf
+
+        hf_dir = to_hf(module.model, output_dir / "hf", tokenizer_dir=datamodule.tokenizer_dir)
+        metrics_msg = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k)
+        ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        print(f"\nbertpt: done. {metrics_msg}")
+        print(f"bertpt: checkpoint:          {ckpt or '(none)'}")
+        print(f"bertpt: Hugging Face export: {hf_dir}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric") or "", None)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,298 @@
+"""Training end to end: config composition, a CPU run, resume, DDP, multirun, overfitting."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+from bertpt.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(default_corpus, tmp_path_factory):
+    """A data folder shared by the runs: the default corpus; tokenizer and store are cached."""
+    d = tmp_path_factory.mktemp("data")
+    shutil.copy(default_corpus, d / "corpus.txt")
+    return d
+
+
+def make_cfg(run_dir: Path, data_dir: Path, *overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            return_hydra_config=True,
+            overrides=[
+                f"paths.root_dir={run_dir}",
+                f"paths.data_dir={data_dir}",
+                f"hydra.run.dir={run_dir}",
+                "trainer.enable_model_summary=false",
+                *overrides,
+            ],
+        )
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    return {
+        int(r["step"]): float(r["train/loss"]) for r in read_metrics(run_dir) if r["train/loss"]
+    }
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(tmp_path, experiment):
+    extra = ["model.init_from=/some/phase1/hf"] if experiment == "base_phase2" else []
+    cfg = make_cfg(tmp_path, tmp_path, f"+experiment={experiment}", *extra)
+    assert cfg.run_name == experiment
+    assert cfg.trainer.max_steps == cfg.optim.max_steps
+    if experiment.startswith("base"):
+        assert cfg.model.num_hidden_layers == 12 and cfg.model.hidden_size == 768
+        assert cfg.data.global_batch_size == 256 and cfg.trainer.precision == "bf16-mixed"
+        assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == -1
+    if experiment == "base":
+        assert (cfg.data.max_seq_length, cfg.optim.lr, cfg.optim.warmup_steps) == (128, 1e-4, 10000)
+        assert cfg.optim.max_steps == 1_000_000
+    if experiment == "base_phase2":
+        assert cfg.data.max_seq_length == 512
+
+
+def test_command_line_group_beats_experiment(tmp_path):
+    cfg = make_cfg(tmp_path, tmp_path, "+experiment=base", "model=tiny", "trainer=cpu")
+    assert cfg.model.num_hidden_layers == 2 and cfg.trainer.accelerator == "cpu"
+
+
+def test_fast_cpu_run(tmp_path, data_dir):
+    run = tmp_path / "run"
+    cfg = make_cfg(run, data_dir, "+experiment=tiny", "+debug=fast")
+    metrics = train(cfg)
+    for key in ("train/loss", "val/mlm_loss", "val/mlm_acc", "val/nsp_acc", "val/perplexity"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "checkpoints" / "step0000004.ckpt").is_file()
+    rows = read_metrics(run)
+    logged = set().union(*(k for r in rows for k, v in r.items() if v))
+    for key in (
+        "train/loss",
+        "train/mlm_loss",
+        "train/nsp_loss",
+        "train/mlm_acc",
+        "train/nsp_acc",
+        "train/grad_norm",
+        "train/seq_per_s",
+        "train/tok_per_s",
+        "lr-AdamW",
+        "val/mlm_loss",
+        "val/mlm_acc",
+        "val/nsp_acc",
+        "val/perplexity",
+    ):
+        assert any(r.get(key) for r in rows), f"{key} not in metrics.csv ({sorted(logged)})"
+    wandb_runs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(wandb_runs) == 1 and wandb_runs[0].stat().st_size > 0
+    # the Hugging Face export is there and loads
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    AutoTokenizer.from_pretrained(run / "hf")
+    AutoModelForMaskedLM.from_pretrained(run / "hf")
+
+
+def test_nan_stops_with_step(tmp_path, data_dir):
+    cfg = make_cfg(
+        tmp_path / "run",
+        data_dir,
+        "+experiment=tiny",
+        "+debug=fast",
+        "optim.lr=1e30",
+        "trainer.gradient_clip_val=null",
+        "export_hf=false",
+    )
+    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at step \d+"):
+        train(cfg)
+
+
+def test_batch_not_divisible(tmp_path, data_dir):
+    cfg = make_cfg(
+        tmp_path / "run",
+        data_dir,
+        "+experiment=tiny",
+        "+debug=fast",
+        "data.global_batch_size=9",
+        "trainer.accumulate_grad_batches=2",
+    )
+    with pytest.raises(
+        ValueError, match=r"global_batch_size \(9\) is not divisible .* \(1 x 2 = 2\)"
+    ):
+        train(cfg)
+
+
+def test_seq_longer_than_positions(tmp_path, data_dir):
+    cfg = make_cfg(tmp_path / "run", data_dir, "+experiment=tiny", "data.max_seq_length=1024")
+    with pytest.raises(ValueError, match=r"max_seq_length \(1024\) exceeds .*\(512\)"):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_base_experiment_smoke(tmp_path, data_dir):
+    """`+experiment=base` starts on a CPU-only machine (warns, falls back) and takes 2 steps."""
+    cfg = make_cfg(
+        tmp_path / "run",
+        data_dir,
+        "+experiment=base",
+        "tokenizer.vocab_size=8192",
+        "trainer.max_steps=2",
+        "data.global_batch_size=4",
+        "data.num_proc=1",
+        "trainer.val_check_interval=2",
+        "data.val_max_pairs=4",
+        "trainer.num_workers=0",
+        "export_hf=false",
+        "logger=csv",
+    )
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_overfit_one_batch(data_dir, tmp_path):
+    """One fixed batch, 40 steps: the MLM + NSP loss must fall far."""
+    from bertpt.datamodule import PretrainDataModule
+    from bertpt.module import BertPretrainModule
+
+    cfg = make_cfg(tmp_path, data_dir, "+experiment=tiny", "+debug=fast")
+    dm = PretrainDataModule(cfg.data, cfg.tokenizer, cfg.paths, seed=0)
+    dm.prepare_data()
+    dm.setup()
+    batch = dm.train_collator([dm.train_pairs[i] for i in range(16)])
+    model_cfg = {k: v for k, v in cfg.model.items() if k != "init_from"}
+    model_cfg.update(
+        vocab_size=dm.vocab_size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    module = BertPretrainModule(
+        model_cfg, {**cfg.optim, "lr": 3e-3, "warmup_steps": 0, "max_steps": 1000}
+    )
+    module.configure_model()
+    opt = module.configure_optimizers()["optimizer"]
+    losses = []
+    for _ in range(40):
+        loss = module.model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_exact_resume(tmp_path, data_dir):
+    """Stop after the checkpoint at step 4, resume to step 8: losses equal the uninterrupted run."""
+    common = [
+        "+experiment=tiny",
+        "+debug=fast",
+        "optim.max_steps=8",
+        "optim.warmup_steps=2",
+        "trainer.num_workers=2",
+        "callbacks.model_checkpoint.every_n_train_steps=4",
+        "trainer.val_check_interval=3",
+        "export_hf=false",
+        "logger=csv",
+    ]
+    full = tmp_path / "full"
+    train(make_cfg(full, data_dir, *common))
+    part = tmp_path / "part"
+    train(make_cfg(part, data_dir, *common, "trainer.max_steps=4"))
+    ckpt = part / "checkpoints" / "step0000004.ckpt"
+    resumed = tmp_path / "resumed"
+    train(make_cfg(resumed, data_dir, *common, f"ckpt_path={ckpt}"))
+
+    a, b = losses_by_step(full), losses_by_step(resumed)
+    assert sorted(a) == list(range(8)) and sorted(b) == list(range(4, 8))
+    for step in range(4, 8):
+        assert abs(a[step] - b[step]) < 1e-6, (step, a[step], b[step])
+    assert losses_by_step(part) == {s: a[s] for s in range(4)}
+
+
+def _run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 600):
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bertpt.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_disjoint(tmp_path, data_dir):
+    run = tmp_path / "ddp"
+    seen = tmp_path / "seen"
+    _run_cli(
+        [
+            "+experiment=tiny",
+            "+debug=fast",
+            "trainer=ddp_cpu",
+            "optim.max_steps=6",
+            f"paths.data_dir={data_dir}",
+            f"hydra.run.dir={run}",
+            "logger=csv",
+            "+callbacks.record._target_=record_batches.RecordBatches",
+            f"+callbacks.record.out_dir={seen}",
+        ],
+        cwd=tmp_path,
+        env_extra={"PYTHONPATH": str(ROOT / "tests")},
+    )
+    r0 = (seen / "seen_rank0.txt").read_text().split()
+    r1 = (seen / "seen_rank1.txt").read_text().split()
+    assert len(r0) == len(r1) == 6 * 4  # 6 steps x (global batch 8 / 2 ranks)
+    assert not set(r0) & set(r1), "ranks saw the same sequence"
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    assert ckpts == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt", "step0000006.ckpt"]
+    assert (run / "hf" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_two_jobs(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    _run_cli(
+        [
+            "-m",
+            "+experiment=tiny",
+            "+debug=fast",
+            "optim.lr=1e-4,3e-4",
+            "export_hf=false",
+            f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+            "logger=csv",
+        ],
+        cwd=tmp_path,
+    )
+    for job in ("0", "1"):
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+        assert (sweep / job / "csv" / "metrics.csv").is_file()
+    lrs = {OmegaConf.load(sweep / j / ".hydra" / "config.yaml").optim.lr for j in "01"}
+    assert lrs == {1e-4, 3e-4}
