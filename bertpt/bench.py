@@ -1,0 +1,178 @@
+"""Training-step throughput of bertpt against `transformers.BertForPreTraining` (a dev tool).
+
+    python -m bertpt.bench --models tiny,mini,base --batch-size 32 --seq-len 128 [--bf16]
+
+Both models get the same config, the same weights and the same realistic batches (~15% of real
+tokens masked, NSP labels, padding at the end of some rows). A step is forward, backward, AdamW
+step and zero_grad. Steps alternate between the two implementations after a warm-up, so a slow
+drift of the machine (thermal, other processes) hits both alike. `transformers` is imported here
+only: it is the reference, never a dependency of bertpt at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from bertpt.model import BertConfig, BertForPreTraining
+
+PRESETS = Path(__file__).resolve().parent.parent / "conf" / "model"
+# Default timed steps per preset: enough for a stable mean, few enough for a run of minutes.
+DEFAULT_STEPS = {"tiny": 20, "mini": 10, "small": 6, "medium": 4, "base": 2, "large": 2}
+
+
+def load_preset(name: str) -> BertConfig:
+    d = yaml.safe_load((PRESETS / f"{name}.yaml").read_text())
+    d.pop("init_from", None)
+    return BertConfig.from_dict(d)
+
+
+def make_batch(
+    config: BertConfig, batch_size: int, seq_len: int, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """A pretraining batch shaped like the collator's: [CLS] A [SEP] B [SEP] + padding."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = batch_size, seq_len
+    # A quarter of the rows are shorter than T (end of document), padded to T.
+    lengths = torch.full((B,), T)
+    short = torch.rand(B, generator=g) < 0.25
+    lengths[short] = torch.randint(T // 4, T, (int(short.sum()),), generator=g)
+    pos = torch.arange(T)
+    attention_mask = (pos < lengths[:, None]).long()  # (B, T)
+    input_ids = torch.randint(5, config.vocab_size, (B, T), generator=g)
+    input_ids[:, 0] = 2  # [CLS]
+    input_ids[attention_mask == 0] = config.pad_token_id
+    token_type_ids = ((pos >= lengths[:, None] // 2) & (attention_mask == 1)).long()
+    predict = (torch.rand(B, T, generator=g) < 0.15) & (attention_mask == 1) & (pos > 0)
+    labels = torch.where(predict, input_ids, torch.full_like(input_ids, -100))
+    input_ids = torch.where(predict, torch.full_like(input_ids, 4), input_ids)  # [MASK]
+    next_sentence_label = torch.randint(0, 2, (B,), generator=g)
+    return {
+        "input_ids": input_ids,
+        "token_type_ids": token_type_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "next_sentence_label": next_sentence_label,
+    }
+
+
+def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    # The same optimizer implementation for both sides; fused where this torch build has it.
+    try:
+        return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+
+
+class Runner:
+    """One model + optimizer + precision; `step()` runs and times one training step."""
+
+    def __init__(self, model: torch.nn.Module, batch: dict, bf16: bool) -> None:
+        self.model, self.batch, self.bf16 = model.train(), batch, bf16
+        self.optimizer = make_optimizer(model)
+        self.seconds: list[float] = []
+
+    def step(self, timed: bool = True) -> None:
+        autocast = (
+            torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        )
+        start = time.perf_counter()
+        with autocast:
+            loss = self.model(**self.batch).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if timed:
+            self.seconds.append(time.perf_counter() - start)
+
+    def seqs_per_s(self, batch_size: int) -> float:
+        return batch_size * len(self.seconds) / sum(self.seconds)
+
+
+def bench_model(name: str, args: argparse.Namespace) -> list[tuple]:
+    import transformers
+
+    config = load_preset(name)
+    torch.manual_seed(0)
+    ours = BertForPreTraining(config)
+    hf_config = transformers.BertConfig(
+        **{k: v for k, v in config.to_dict().items() if k != "gradient_checkpointing"},
+        attn_implementation="sdpa",
+    )
+    precisions = [False, True] if args.bf16 else [False]
+    runners: dict[tuple[str, bool], Runner] = {}
+    batch = make_batch(config, args.batch_size, args.seq_len)
+    for bf16 in precisions:
+        runners["bertpt", bf16] = Runner(BertForPreTraining(config), batch, bf16)
+        hf = transformers.BertForPreTraining(hf_config)
+        hf.load_state_dict(ours.state_dict())
+        runners["hf", bf16] = Runner(hf, batch, bf16)
+        runners["bertpt", bf16].model.load_state_dict(ours.state_dict())
+
+    for runner in runners.values():  # warm-up: allocator, oneDNN kernel selection
+        runner.step(timed=False)
+    steps = args.steps or DEFAULT_STEPS.get(name, 3)
+    for _ in range(steps):
+        for runner in runners.values():
+            runner.step()
+
+    rows = []
+    tokens = args.seq_len
+    for bf16 in precisions:
+        ours_sps = runners["bertpt", bf16].seqs_per_s(args.batch_size)
+        if bf16:  # HF at its own best precision
+            hf_best = max((runners["hf", p] for p in precisions), key=lambda r: r.seqs_per_s(1))
+            hf_sps = hf_best.seqs_per_s(args.batch_size)
+            hf_label = "bf16" if hf_best.bf16 else "fp32"
+        else:
+            hf_sps, hf_label = runners["hf", False].seqs_per_s(args.batch_size), "fp32"
+        label = "bf16" if bf16 else "fp32"
+        rows.append(
+            (name, label, ours_sps, ours_sps * tokens, hf_label, hf_sps, hf_sps * tokens, steps)
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bertpt.bench",
+        description="Time full training steps of bertpt and transformers.BertForPreTraining.",
+    )
+    parser.add_argument("--models", default="tiny,mini,base", help="presets from conf/model")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"timed steps per side (default {DEFAULT_STEPS})"
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time bertpt under bf16 autocast against HF at its best of fp32 / bf16",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"batch {args.batch_size} x seq {args.seq_len}; tokens/s counts padded positions"
+    )
+    header = ("model", "bertpt", "seq/s", "tok/s", "HF", "seq/s", "tok/s", "ratio", "steps")
+    print("{:<7} {:<6} {:>8} {:>9} {:<4} {:>8} {:>9} {:>6} {:>5}".format(*header))
+    for name in args.models.split(","):
+        for name_, prec, sps, tps, hf_prec, hf_sps, hf_tps, steps in bench_model(name, args):
+            print(
+                f"{name_:<7} {prec:<6} {sps:>8.1f} {tps:>9.0f} {hf_prec:<4} {hf_sps:>8.1f} "
+                f"{hf_tps:>9.0f} {sps / hf_sps:>5.2f}x {steps:>5}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

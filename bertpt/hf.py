@@ -1,0 +1,206 @@
+"""Read and write Hugging Face BERT folders (`config.json` + weights + tokenizer files).
+
+Works on files only: `transformers` is never imported, so exporting needs no extra dependency.
+A folder may hold BertModel weights (keys without the `bert.` prefix), BertForMaskedLM weights
+(no pooler, no next-sentence head) or BertForPreTraining weights; heads that a folder lacks are
+freshly initialised. Checkpoints from older `transformers` and the original TF conversion
+(`LayerNorm.gamma/beta`, a saved `position_ids` buffer, no `decoder.bias`) load as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from bertpt.model import BertConfig, BertForPreTraining
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+# Parameters that a BertModel or BertForMaskedLM folder may lack; everything else must be there.
+HEAD_PREFIXES = ("bert.pooler.", "cls.")
+# Stored once on disk, as HF does: the decoder weight is the word embedding matrix and the
+# decoder bias is `cls.predictions.bias` (safetensors refuses tensors that share memory).
+TIED = {
+    "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+    "cls.predictions.decoder.bias": "cls.predictions.bias",
+}
+HF_FIELDS = tuple(
+    f.name for f in dataclasses.fields(BertConfig) if f.name != "gradient_checkpointing"
+)
+
+
+def config_from_hf_dict(d: Mapping) -> BertConfig:
+    """BertConfig from a HF `config.json` dict; keys bertpt has no use for are ignored."""
+    if d.get("model_type", "bert") != "bert":
+        raise ValueError(
+            f"model_type is {d['model_type']!r}, not 'bert': bertpt loads BERT checkpoints only"
+        )
+    if d.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(
+            f"position_embedding_type {d['position_embedding_type']!r} is not supported: "
+            "bertpt implements absolute position embeddings only"
+        )
+    if d.get("tie_word_embeddings", True) is False:
+        raise ValueError(
+            "tie_word_embeddings is false: bertpt always ties the MLM decoder to the word "
+            "embeddings"
+        )
+    return BertConfig(**{k: d[k] for k in HF_FIELDS if d.get(k) is not None})
+
+
+def hf_config_dict(config: BertConfig) -> dict:
+    """The `config.json` of a HF `BertForPreTraining` with this shape."""
+    d = {k: getattr(config, k) for k in HF_FIELDS}
+    return {
+        "architectures": ["BertForPreTraining"],
+        "model_type": "bert",
+        **d,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a `.safetensors`, a `.safetensors.index.json` (shards) or a torch `.bin`/`.pt`."""
+    path = Path(path)
+    try:
+        if path.name.endswith(".index.json"):
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            return {k: v for s in shards for k, v in read_state_dict(path.parent / s).items()}
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        # weights_only: a weights file is data, never code to execute.
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, SafetensorError, RuntimeError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from e
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: expected a dict of tensors, found {type(sd).__name__}")
+    return sd
+
+
+def normalize_state_dict(sd: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Map the key spellings of HF versions and model classes onto BertForPreTraining's."""
+    if not any(k.startswith(("bert.", "cls.")) for k in sd):  # a BertModel folder
+        sd = {f"bert.{k}": v for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        if k in ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids"):
+            continue  # buffers that some versions saved; bertpt recomputes them
+        if "LayerNorm." in k:  # TF-converted checkpoints
+            k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+                "LayerNorm.beta", "LayerNorm.bias"
+            )
+        out[k] = v
+    for alias, key in TIED.items():
+        if alias not in out and key in out:
+            out[alias] = out[key]
+        elif key not in out and alias in out:
+            out[key] = out[alias]
+        elif alias in out and not torch.equal(out[alias], out[key]):
+            raise ValueError(
+                f"{source}: {alias} differs from {key}; bertpt ties them, so an untied "
+                "checkpoint cannot be loaded without changing its predictions"
+            )
+    return out
+
+
+def load_into(
+    model: BertForPreTraining,
+    sd: Mapping[str, torch.Tensor],
+    source: str,
+    allow_unexpected: bool = False,
+) -> list[str]:
+    """Copy `sd` into `model`; returns the head modules that kept their fresh initialisation."""
+    sd = normalize_state_dict(sd, source)
+    expected = model.state_dict()
+    unexpected = sorted(set(sd) - set(expected))
+    if unexpected and not allow_unexpected:
+        raise ValueError(
+            f"{source}: {len(unexpected)} unexpected keys, e.g. {unexpected[:3]}: "
+            "not a BERT checkpoint of this config (pass allow_unexpected=True to ignore them)"
+        )
+    missing = sorted(set(expected) - set(sd))
+    body = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
+    if body:
+        raise ValueError(
+            f"{source}: {len(body)} encoder keys missing, e.g. {body[:3]}: the file does not "
+            "match config.json (number of layers?) or is incomplete"
+        )
+    for k, v in sd.items():
+        if k in expected and v.shape != expected[k].shape:
+            raise ValueError(
+                f"{source}: {k} has shape {tuple(v.shape)} but the config expects "
+                f"{tuple(expected[k].shape)}: config.json disagrees with the weights"
+            )
+    model.load_state_dict({k: v for k, v in sd.items() if k in expected}, strict=False)
+    fresh = sorted({".".join(k.split(".")[:2]) for k in missing})
+    if fresh:
+        log.warning("%s has no weights for %s: freshly initialised", source, ", ".join(fresh))
+    if unexpected:
+        log.warning("%s: ignored %d unexpected keys %s", source, len(unexpected), unexpected[:5])
+    return fresh
+
+
+def from_hf(path: str | Path, allow_unexpected: bool = False) -> BertForPreTraining:
+    """A BertForPreTraining built from a HF folder (BertModel, BertForMaskedLM or pretraining)."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{config_file} not found: expected a Hugging Face BERT folder")
+    try:
+        config = config_from_hf_dict(json.loads(config_file.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise ValueError(f"{config_file}: {e}") from e
+    weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
+    if weights is None:
+        raise ValueError(f"{path} holds none of {list(WEIGHT_FILES)}")
+    model = BertForPreTraining(config)
+    load_into(model, read_state_dict(weights), str(weights), allow_unexpected)
+    return model
+
+
+def copy_tokenizer(tokenizer_dir: str | Path, out_dir: str | Path) -> list[str]:
+    """Copy whichever of the tokenizer files exist; at least one must."""
+    tokenizer_dir = Path(tokenizer_dir)
+    found = [f for f in TOKENIZER_FILES if (tokenizer_dir / f).is_file()]
+    if not found:
+        raise ValueError(
+            f"{tokenizer_dir} holds none of the tokenizer files {list(TOKENIZER_FILES)}"
+        )
+    for f in found:
+        shutil.copyfile(tokenizer_dir / f, Path(out_dir) / f)
+    return found
+
+
+def to_hf(
+    model: BertForPreTraining, out_dir: str | Path, tokenizer_dir: str | Path | None = None
+) -> Path:
+    """Write a folder that `transformers.BertForPreTraining.from_pretrained` loads unchanged."""
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {
+        k: v.detach().to("cpu").contiguous()
+        for k, v in model.state_dict().items()
+        if k not in TIED  # HF re-ties them on load
+    }
+    save_file(sd, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(hf_config_dict(model.config), indent=2) + "\n")
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, out)
+    return out

@@ -1,0 +1,415 @@
+"""BERT for pretraining (masked LM + next sentence prediction), in plain PyTorch.
+
+Module and parameter names follow Hugging Face `transformers` (`modeling_bert.py`) so that
+`BertForPreTraining.state_dict()` has exactly the keys of `transformers.BertForPreTraining` and a
+checkpoint maps across without a single rename. What HF carries for other uses (cross-attention,
+KV cache, head masks, attention outputs) is left out. Imports torch and the standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+# HF's ACT2FN names; "gelu" is the exact erf GELU, "gelu_new" the tanh approximation (GPT-2's).
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+IGNORE_INDEX = -100  # label of a position that is not predicted (HF and PyTorch convention)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy whose backward turns the saved log-probabilities into the gradient.
+
+    F.cross_entropy's backward allocates a zero-filled one-hot (N, V) gradient and a new (N, V)
+    log-softmax gradient; over a 30k vocabulary those passes cost as much as a small model's
+    encoder. Here backward is exp_ in place, minus one at the targets: same value and gradient.
+    A second backward through the same graph fails loudly (the saved tensor was modified).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
+        ctx.save_for_backward(logp, targets)
+        ctx.dtype = logits.dtype
+        return -logp.gather(1, targets[:, None]).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logp, targets = ctx.saved_tensors
+        probs = logp.exp_()  # (N, V) softmax
+        probs[torch.arange(len(targets), device=probs.device), targets] -= 1.0
+        return probs.mul_(grad / len(targets)).to(ctx.dtype), None
+
+
+@dataclass
+class BertConfig:
+    """Model shape and regularisation; HF `BertConfig` field names and defaults (BERT-base)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    # Recompute each layer's activations in backward (saves memory, costs ~1/3 more compute).
+    # Changes speed only, never the result; not part of a HF config.json.
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        sizes = (
+            "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size "
+            "max_position_embeddings type_vocab_size"
+        )
+        for name in sizes.split():
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be a positive integer")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
+                f"({self.num_attention_heads}): pick a hidden_size that is a multiple of "
+                "num_attention_heads"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act ({self.hidden_act!r}) is not supported: "
+                f"use one of {sorted(ACTIVATIONS)}"
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be in [0, 1)")
+        if self.initializer_range <= 0 or self.layer_norm_eps <= 0:
+            raise ValueError(
+                f"initializer_range ({self.initializer_range}) and layer_norm_eps "
+                f"({self.layer_norm_eps}) must be positive"
+            )
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"pad_token_id ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})"
+            )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BertConfig:
+        """Build from a flat mapping (a Hydra `model` group, a checkpoint's hyper-parameters).
+
+        Unknown keys are an error rather than silently dropped: a typo such as `hiden_size` would
+        otherwise train the default model.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown BertConfig keys {unknown}: valid keys are {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        # CamelCase `LayerNorm` keeps the checkpoint keys of the original TF/HF BERT.
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        seq_len = input_ids.size(1)
+        if seq_len > self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"sequence length ({seq_len}) exceeds max_position_embeddings "
+                f"({self.position_embeddings.num_embeddings}): shorten the sequences or use a "
+                "model with more position embeddings"
+            )
+        # Positions are always 0..T-1, so a slice of the table replaces an index lookup.
+        x = self.word_embeddings(input_ids) + self.position_embeddings.weight[:seq_len]  # (B, T, H)
+        if token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`attention_mask` is (B, 1, 1, T) bool, True where a key may be attended to."""
+        B, T, H = hidden_states.shape
+        # Separate query/key/value parameters keep HF's checkpoint keys; one matmul on the
+        # concatenated weights is faster than three small ones (the copy is 3*H*H, cheap).
+        weight = torch.cat((self.query.weight, self.key.weight, self.value.weight))  # (3H, H)
+        bias = torch.cat((self.query.bias, self.key.bias, self.value.bias))  # (3H,)
+        qkv = F.linear(hidden_states, weight, bias).view(B, T, 3, self.num_heads, self.head_size)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attention_mask, dropout_p=self.dropout_p if self.training else 0.0
+        )  # (B, nh, T, hs)
+        return y.transpose(1, 2).reshape(B, T, H)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        # Post-LN residual, as in the original BERT.
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.output(self.self(hidden_states, attention_mask), hidden_states)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))  # (B, T, I)
+
+
+class BertOutput(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        attention_output = self.attention(hidden_states, attention_mask)
+        return self.output(self.intermediate(attention_output), attention_output)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = config.gradient_checkpointing
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training:
+                # Non-reentrant checkpointing replays dropout with the saved RNG state, so the
+                # gradients equal those of the plain forward.
+                hidden_states = checkpoint(
+                    layer, hidden_states, attention_mask, use_reentrant=False
+                )
+            else:
+                hidden_states = layer(hidden_states, attention_mask)
+        return hidden_states
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))  # [CLS] token, (B, H)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACTIVATIONS[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        # The decoder weight is tied to the word embeddings by BertForPreTraining; the output-only
+        # bias is one tensor under two keys (`bias`, `decoder.bias`), as in HF checkpoints.
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder.bias = self.bias
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states))  # (..., V)
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(
+        self, sequence_output: torch.Tensor, pooled_output: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.predictions(sequence_output), self.seq_relationship(pooled_output)
+
+
+class BertModel(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (sequence_output (B, T, H), pooled_output (B, H)).
+
+        `attention_mask` (B, T) is 1 for real tokens and 0 for padding. Padded keys are hidden
+        from every query; padded query rows are still computed (as in HF) and simply unused.
+        """
+        mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
+        sequence_output = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+        return sequence_output, self.pooler(sequence_output)
+
+
+@dataclass
+class BertPreTrainingOutput:
+    loss: torch.Tensor | None  # mlm_loss + nsp_loss, over those whose labels were given
+    mlm_loss: torch.Tensor | None
+    nsp_loss: torch.Tensor | None
+    # Without `labels`: (B, T, V). With `labels`: (N, V), one row per position whose label is not
+    # -100, in row-major order, i.e. aligned with `labels[labels != -100]` (N may be 0).
+    prediction_logits: torch.Tensor
+    seq_relationship_logits: torch.Tensor  # (B, 2)
+
+
+class BertForPreTraining(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config)
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+        self.apply(self._init_weights)
+        # The tied decoder (a Linear, visited after the embeddings) overwrote the padding row.
+        with torch.no_grad():
+            self.bert.embeddings.word_embeddings.weight[config.pad_token_id].zero_()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        next_sentence_label: torch.Tensor | None = None,
+    ) -> BertPreTrainingOutput:
+        sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask)
+        seq_relationship_logits = self.cls.seq_relationship(pooled_output)  # (B, 2)
+
+        mlm_loss = nsp_loss = None
+        if labels is None:
+            prediction_logits = self.cls.predictions(sequence_output)  # (B, T, V)
+        else:
+            # Only ~15% of positions are predicted: gather them before the transform and the
+            # vocabulary projection, which would otherwise dominate small models' cost.
+            predicted = labels != IGNORE_INDEX  # (B, T)
+            prediction_logits = self.cls.predictions(sequence_output[predicted])  # (N, V)
+            targets = labels[predicted]  # (N,)
+            if targets.numel():
+                mlm_loss = _CrossEntropy.apply(prediction_logits, targets)
+            else:
+                # No masked token: a zero that still reaches every parameter, so DDP's gradient
+                # buckets fill and the mean over batches is not poisoned by a NaN.
+                mlm_loss = prediction_logits.sum() * 0.0
+        if next_sentence_label is not None:
+            nsp_loss = F.cross_entropy(
+                seq_relationship_logits.float(), next_sentence_label.view(-1)
+            )
+
+        if mlm_loss is not None and nsp_loss is not None:
+            loss = mlm_loss + nsp_loss
+        else:
+            loss = mlm_loss if mlm_loss is not None else nsp_loss
+        return BertPreTrainingOutput(
+            loss=loss,
+            mlm_loss=mlm_loss,
+            nsp_loss=nsp_loss,
+            prediction_logits=prediction_logits,
+            seq_relationship_logits=seq_relationship_logits,
+        )
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Parameter count, each tied tensor once."""
+    return sum(p.numel() for p in model.parameters())

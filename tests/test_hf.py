@@ -1,0 +1,183 @@
+"""bertpt.hf: folders written by bertpt load in transformers, and HF folders load in bertpt."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from bertpt.hf import config_from_hf_dict, from_hf, to_hf
+from bertpt.model import BertConfig, BertForPreTraining
+
+transformers = pytest.importorskip("transformers")
+
+KW = dict(vocab_size=90, hidden_size=24, num_hidden_layers=2, num_attention_heads=3)
+KW |= dict(intermediate_size=40, max_position_embeddings=24, hidden_act="gelu_new")
+
+
+def hf_config(**over) -> transformers.BertConfig:
+    return transformers.BertConfig(**(KW | over))
+
+
+def randomize(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial values everywhere (zero biases would hide a dropped or swapped tensor)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, KW["vocab_size"], (3, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    types = (torch.arange(10) >= 5).long().expand(3, -1)
+    return dict(input_ids=ids, token_type_ids=types, attention_mask=mask)
+
+
+def assert_clean_load(cls, path, allowed_unexpected=()):
+    model, info = cls.from_pretrained(path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"] and not info["error_msgs"]
+    # A MaskedLM / base model has no pooler or NSP head: those keys are the only leftovers.
+    assert all(k.startswith(allowed_unexpected) for k in info["unexpected_keys"]), info
+    return model.eval()
+
+
+def test_to_hf_loads_in_transformers_with_the_same_outputs(tmp_path, batch):
+    ours = randomize(BertForPreTraining(BertConfig(**KW, gradient_checkpointing=True)))
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    (tok / "tokenizer_config.json").write_text("{}")
+    out = to_hf(ours, tmp_path / "export", tokenizer_dir=tok)
+
+    files = ["config.json", "model.safetensors", "tokenizer_config.json", "vocab.txt"]
+    assert sorted(p.name for p in out.iterdir()) == files
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForPreTraining"] and config["model_type"] == "bert"
+    assert "gradient_checkpointing" not in config and config["hidden_act"] == "gelu_new"
+
+    with torch.no_grad():
+        ref = ours(**batch)
+        seq, _ = ours.bert(**batch)
+        pre = assert_clean_load(transformers.BertForPreTraining, out)
+        got = pre(**batch)
+        torch.testing.assert_close(got.prediction_logits, ref.prediction_logits)
+        torch.testing.assert_close(got.seq_relationship_logits, ref.seq_relationship_logits)
+        mlm = assert_clean_load(transformers.AutoModelForMaskedLM, out, ("bert.pooler", "cls.seq"))
+        torch.testing.assert_close(mlm(**batch).logits, ref.prediction_logits)
+        base = assert_clean_load(transformers.AutoModel, out, ("cls.",))
+        torch.testing.assert_close(base(**batch).last_hidden_state, seq)
+    # HF re-tied the decoder to the embeddings it read.
+    assert pre.cls.predictions.decoder.weight.data_ptr() == (
+        pre.bert.embeddings.word_embeddings.weight.data_ptr()
+    )
+
+
+def test_from_hf_pretraining_folder_round_trips(tmp_path, batch):
+    hf = randomize(transformers.BertForPreTraining(hf_config()))
+    hf.save_pretrained(tmp_path)
+    ours = from_hf(tmp_path).eval()
+    for k, v in hf.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).prediction_logits, hf(**batch).prediction_logits)
+
+
+@pytest.mark.parametrize(
+    ("cls", "fresh"),
+    [
+        ("BertForMaskedLM", "bert.pooler, cls.seq_relationship"),
+        ("BertModel", "cls.predictions, cls.seq_relationship"),
+    ],
+)
+def test_from_hf_partial_folders_initialise_missing_heads(tmp_path, caplog, cls, fresh):
+    hf = randomize(getattr(transformers, cls)(hf_config()))
+    hf.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="bertpt.hf"):
+        ours = from_hf(tmp_path)
+    assert f"no weights for {fresh}: freshly initialised" in caplog.text
+    ours_sd = ours.state_dict()
+    prefix = "bert." if cls == "BertModel" else ""
+    for k, v in hf.state_dict().items():
+        torch.testing.assert_close(ours_sd[prefix + k], v, rtol=0, atol=0, msg=k)
+    # A fresh head has BERT's init, not the (absent) checkpoint values.
+    assert torch.count_nonzero(ours.cls.seq_relationship.bias) == 0
+
+
+def test_from_hf_reads_old_pytorch_model_bin(tmp_path, batch):
+    """transformers 4.x / TF-converted naming: gamma/beta, a position_ids buffer, no decoder.*"""
+    hf = randomize(transformers.BertForPreTraining(hf_config()))
+    old = {}
+    for k, v in hf.state_dict().items():
+        if k.startswith("cls.predictions.decoder."):
+            continue
+        old[
+            k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+                "LayerNorm.bias", "LayerNorm.beta"
+            )
+        ] = v
+    old["bert.embeddings.position_ids"] = torch.arange(24)[None]
+    torch.save(old, tmp_path / "pytorch_model.bin")
+    hf.config.to_json_file(tmp_path / "config.json")
+    ours = from_hf(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).prediction_logits, hf(**batch).prediction_logits)
+
+
+@pytest.fixture
+def hf_folder(tmp_path):
+    transformers.BertForPreTraining(hf_config()).save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_corrupt_weights_are_a_clear_error(hf_folder):
+    (hf_folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=r"model\.safetensors: cannot read weights"):
+        from_hf(hf_folder)
+
+
+def test_config_disagreeing_with_weights_names_key_and_shape(hf_folder):
+    config = json.loads((hf_folder / "config.json").read_text())
+    (hf_folder / "config.json").write_text(json.dumps(config | {"vocab_size": 91}))
+    shapes = r"word_embeddings\.weight has shape \(90, 24\) but the config expects \(91, 24\)"
+    with pytest.raises(ValueError, match=shapes):
+        from_hf(hf_folder)
+    (hf_folder / "config.json").write_text(json.dumps(config | {"num_hidden_layers": 3}))
+    with pytest.raises(
+        ValueError, match=r"encoder keys missing, e\.g\. \['bert\.encoder\.layer\.2"
+    ):
+        from_hf(hf_folder)
+
+
+def test_unexpected_keys_are_an_error_unless_allowed(tmp_path):
+    sd = transformers.BertForPreTraining(hf_config()).state_dict()
+    sd = {k: v.clone() for k, v in sd.items() if "decoder" not in k}
+    sd["classifier.weight"] = torch.zeros(2, 24)
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    hf_config().to_json_file(tmp_path / "config.json")
+    with pytest.raises(ValueError, match=r"1 unexpected keys, e\.g\. \['classifier\.weight'\]"):
+        from_hf(tmp_path)
+    assert isinstance(from_hf(tmp_path, allow_unexpected=True), BertForPreTraining)
+
+
+def test_config_from_hf_dict():
+    d = hf_config().to_dict()
+    config = config_from_hf_dict(d)
+    assert config == BertConfig(**KW)
+    with pytest.raises(ValueError, match="model_type is 'roberta'"):
+        config_from_hf_dict(d | {"model_type": "roberta"})
+    with pytest.raises(ValueError, match="position_embedding_type 'relative_key'"):
+        config_from_hf_dict(d | {"position_embedding_type": "relative_key"})
+
+
+def test_missing_tokenizer_files_are_an_error(tmp_path):
+    model = BertForPreTraining(BertConfig(**KW))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds none of the tokenizer files"):
+        to_hf(model, tmp_path / "out", tokenizer_dir=tmp_path / "empty")
