@@ -149,6 +149,7 @@ class BertPretrainModule(pl.LightningModule):
             batch_size=n,
         )
         self.log("train/nsp_acc", m["nsp_correct"] / n, batch_size=n)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=n)
 
         # Throughput over the whole step (data wait included), scaled to all ranks.
         now = time.perf_counter()

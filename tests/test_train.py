@@ -103,7 +103,7 @@ def test_fast_cpu_run(tmp_path, data_dir):
         "train/grad_norm",
         "train/seq_per_s",
         "train/tok_per_s",
-        "lr-AdamW",
+        "train/lr",
         "val/mlm_loss",
         "val/mlm_acc",
         "val/nsp_acc",
