@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 from pathlib import Path
 
@@ -22,8 +23,10 @@ import yaml
 from bertpt.model import BertConfig, BertForPreTraining
 
 PRESETS = Path(__file__).resolve().parent.parent / "conf" / "model"
-# Default timed steps per preset: enough for a stable mean, few enough for a run of minutes.
-DEFAULT_STEPS = {"tiny": 20, "mini": 10, "small": 6, "medium": 4, "base": 2, "large": 2}
+# Default (warm-up, timed) steps per preset: enough for a stable median, few enough for a run
+# of minutes on a laptop CPU (a BERT-base step there takes ~10 s).
+DEFAULT_STEPS = {"tiny": (3, 15), "mini": (3, 8), "small": (2, 5), "medium": (2, 4)}
+BIG_MODEL_STEPS = (1, 3)
 
 
 def load_preset(name: str) -> BertConfig:
@@ -91,7 +94,8 @@ class Runner:
             self.seconds.append(time.perf_counter() - start)
 
     def seqs_per_s(self, batch_size: int) -> float:
-        return batch_size * len(self.seconds) / sum(self.seconds)
+        # The median ignores steps slowed by other processes on a shared machine.
+        return batch_size / statistics.median(self.seconds)
 
 
 def bench_model(name: str, args: argparse.Namespace) -> list[tuple]:
@@ -114,9 +118,11 @@ def bench_model(name: str, args: argparse.Namespace) -> list[tuple]:
         runners["hf", bf16] = Runner(hf, batch, bf16)
         runners["bertpt", bf16].model.load_state_dict(ours.state_dict())
 
-    for runner in runners.values():  # warm-up: allocator, oneDNN kernel selection
-        runner.step(timed=False)
-    steps = args.steps or DEFAULT_STEPS.get(name, 3)
+    warmup, steps = DEFAULT_STEPS.get(name, BIG_MODEL_STEPS)
+    steps = args.steps or steps
+    for _ in range(warmup):  # allocator, kernel selection, first-touch of weights
+        for runner in runners.values():
+            runner.step(timed=False)
     for _ in range(steps):
         for runner in runners.values():
             runner.step()
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument(
-        "--steps", type=int, default=None, help=f"timed steps per side (default {DEFAULT_STEPS})"
+        "--steps", type=int, default=None, help="timed steps per side (default: by model size)"
     )
     parser.add_argument(
         "--bf16",

@@ -201,9 +201,16 @@ class BertAttention(nn.Module):
         self.output = BertSelfOutput(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.output(self.self(hidden_states, attention_mask), hidden_states)
+        """(B, T, H) -> (B, T, H), or (K, H) for the flat rows `keep` (K,) of B * T."""
+        context = self.self(hidden_states, attention_mask)  # (B, T, H), every query
+        if keep is not None:  # what follows attention is per position: skip unwanted rows
+            context, hidden_states = context.flatten(0, 1)[keep], hidden_states.flatten(0, 1)[keep]
+        return self.output(context, hidden_states)
 
 
 class BertIntermediate(nn.Module):
@@ -235,9 +242,12 @@ class BertLayer(nn.Module):
         self.output = BertOutput(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        attention_output = self.attention(hidden_states, attention_mask)
+        attention_output = self.attention(hidden_states, attention_mask, keep)
         return self.output(self.intermediate(attention_output), attention_output)
 
 
@@ -248,17 +258,20 @@ class BertEncoder(nn.Module):
         self.gradient_checkpointing = config.gradient_checkpointing
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        for layer in self.layer:
+        """(B, T, H) -> (B, T, H); with `keep`, the last layer returns only those rows, (K, H)."""
+        for i, layer in enumerate(self.layer):
+            args = (hidden_states, attention_mask, keep if i == len(self.layer) - 1 else None)
             if self.gradient_checkpointing and self.training:
                 # Non-reentrant checkpointing replays dropout with the saved RNG state, so the
                 # gradients equal those of the plain forward.
-                hidden_states = checkpoint(
-                    layer, hidden_states, attention_mask, use_reentrant=False
-                )
+                hidden_states = checkpoint(layer, *args, use_reentrant=False)
             else:
-                hidden_states = layer(hidden_states, attention_mask)
+                hidden_states = layer(*args)
         return hidden_states
 
 
@@ -267,8 +280,9 @@ class BertPooler(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden_states[:, 0]))  # [CLS] token, (B, H)
+    def forward(self, cls_states: torch.Tensor) -> torch.Tensor:
+        """The [CLS] rows (B, H) of the last layer -> (B, H)."""
+        return torch.tanh(self.dense(cls_states))
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -320,15 +334,20 @@ class BertModel(nn.Module):
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (sequence_output (B, T, H), pooled_output (B, H)).
 
         `attention_mask` (B, T) is 1 for real tokens and 0 for padding. Padded keys are hidden
         from every query; padded query rows are still computed (as in HF) and simply unused.
+        `keep` (K,): flat row indices into B * T that must include every [CLS] row first
+        (0, T, 2T, ...); the last layer then computes only those rows and sequence_output is
+        (K, H), which is all pretraining needs.
         """
         mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
-        sequence_output = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
-        return sequence_output, self.pooler(sequence_output)
+        sequence_output = self.encoder(self.embeddings(input_ids, token_type_ids), mask, keep)
+        cls_states = sequence_output[:, 0] if keep is None else sequence_output[: len(input_ids)]
+        return sequence_output, self.pooler(cls_states)
 
 
 @dataclass
@@ -374,18 +393,23 @@ class BertForPreTraining(nn.Module):
         labels: torch.Tensor | None = None,
         next_sentence_label: torch.Tensor | None = None,
     ) -> BertPreTrainingOutput:
-        sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask)
+        mlm_loss = nsp_loss = keep = None
+        if labels is not None:
+            # Only ~15% of positions are predicted: the last layer's feed-forward, the head
+            # transform and the vocabulary projection (which dominates small models' cost)
+            # run on those rows and the [CLS] rows only.
+            B, T = input_ids.shape
+            predicted = (labels != IGNORE_INDEX).flatten().nonzero().squeeze(1)  # (N,) row-major
+            cls_rows = torch.arange(0, B * T, T, device=input_ids.device)  # (B,)
+            keep = torch.cat((cls_rows, predicted))
+        sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask, keep)
         seq_relationship_logits = self.cls.seq_relationship(pooled_output)  # (B, 2)
 
-        mlm_loss = nsp_loss = None
         if labels is None:
             prediction_logits = self.cls.predictions(sequence_output)  # (B, T, V)
         else:
-            # Only ~15% of positions are predicted: gather them before the transform and the
-            # vocabulary projection, which would otherwise dominate small models' cost.
-            predicted = labels != IGNORE_INDEX  # (B, T)
-            prediction_logits = self.cls.predictions(sequence_output[predicted])  # (N, V)
-            targets = labels[predicted]  # (N,)
+            prediction_logits = self.cls.predictions(sequence_output[B:])  # (N, V)
+            targets = labels.flatten()[predicted]  # (N,)
             if targets.numel():
                 mlm_loss = _CrossEntropy.apply(prediction_logits, targets)
             else:
