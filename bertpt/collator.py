@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,15 +32,9 @@ def resolve_tokenizer(tokenizer):
     """A ``tokenizers.Tokenizer`` from a folder, a tokenizer.json path, a fast ``transformers``
     tokenizer or a ``tokenizers.Tokenizer`` itself."""
     if isinstance(tokenizer, str | os.PathLike):
-        from tokenizers import Tokenizer
+        from bertpt.tokenizer import load_tokenizer
 
-        p = Path(tokenizer)
-        file = p / "tokenizer.json" if p.is_dir() else p
-        if not file.is_file():
-            raise FileNotFoundError(
-                f"no tokenizer at {p}: train one with python -m bertpt.tokenizer"
-            )
-        return Tokenizer.from_file(str(file))
+        return load_tokenizer(tokenizer)
     return getattr(tokenizer, "backend_tokenizer", tokenizer)
 
 
