@@ -103,44 +103,40 @@ def bench_model(name: str, args: argparse.Namespace) -> list[tuple]:
 
     config = load_preset(name)
     torch.manual_seed(0)
-    ours = BertForPreTraining(config)
+    weights = BertForPreTraining(config).state_dict()
     hf_config = transformers.BertConfig(
         **{k: v for k, v in config.to_dict().items() if k != "gradient_checkpointing"},
         attn_implementation="sdpa",
     )
-    precisions = [False, True] if args.bf16 else [False]
-    runners: dict[tuple[str, bool], Runner] = {}
     batch = make_batch(config, args.batch_size, args.seq_len)
-    for bf16 in precisions:
-        runners["bertpt", bf16] = Runner(BertForPreTraining(config), batch, bf16)
-        hf = transformers.BertForPreTraining(hf_config)
-        hf.load_state_dict(ours.state_dict())
-        runners["hf", bf16] = Runner(hf, batch, bf16)
-        runners["bertpt", bf16].model.load_state_dict(ours.state_dict())
-
     warmup, steps = DEFAULT_STEPS.get(name, BIG_MODEL_STEPS)
-    steps = args.steps or steps
-    for _ in range(warmup):  # allocator, kernel selection, first-touch of weights
+    steps, warmup = args.steps or steps, warmup if args.warmup is None else args.warmup
+    runners: dict[tuple[str, bool], Runner] = {}
+    for bf16 in [False, True] if args.bf16 else [False]:
+        for side, cls in (("bertpt", BertForPreTraining), ("hf", transformers.BertForPreTraining)):
+            model = cls(hf_config if side == "hf" else config)
+            model.load_state_dict(weights)
+            runners[side, bf16] = Runner(model, batch, bf16)
+
+    for _ in range(warmup):  # allocator, kernel selection, first touch of the weights
         for runner in runners.values():
             runner.step(timed=False)
-    for _ in range(steps):
+    for _ in range(steps):  # alternate, so that drifts of the machine hit all alike
         for runner in runners.values():
             runner.step()
 
     rows = []
-    tokens = args.seq_len
-    for bf16 in precisions:
-        ours_sps = runners["bertpt", bf16].seqs_per_s(args.batch_size)
-        if bf16:  # HF at its own best precision
-            hf_best = max((runners["hf", p] for p in precisions), key=lambda r: r.seqs_per_s(1))
-            hf_sps = hf_best.seqs_per_s(args.batch_size)
-            hf_label = "bf16" if hf_best.bf16 else "fp32"
-        else:
-            hf_sps, hf_label = runners["hf", False].seqs_per_s(args.batch_size), "fp32"
-        label = "bf16" if bf16 else "fp32"
-        rows.append(
-            (name, label, ours_sps, ours_sps * tokens, hf_label, hf_sps, hf_sps * tokens, steps)
+    for (side, bf16), runner in runners.items():
+        if side == "hf":
+            continue
+        # bertpt fp32 against HF fp32; bertpt bf16 against HF at its best precision.
+        hf = max(
+            (r for (s, p), r in runners.items() if s == "hf" and p <= bf16),
+            key=lambda r: r.seqs_per_s(1),
         )
+        ours_sps, hf_sps = runner.seqs_per_s(args.batch_size), hf.seqs_per_s(args.batch_size)
+        precision = ["fp32", "bf16"]
+        rows.append((name, precision[bf16], ours_sps, precision[hf.bf16], hf_sps, steps))
     return rows
 
 
@@ -155,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--steps", type=int, default=None, help="timed steps per side (default: by model size)"
     )
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first")
     parser.add_argument(
         "--bf16",
         action="store_true",
@@ -166,16 +163,20 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"batch {args.batch_size} x seq {args.seq_len}; tokens/s counts padded positions"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, batch {args.batch_size} x seq {args.seq_len}; "
+        "tokens/s counts padded positions; median step time"
     )
+    if args.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print("warning: this CPU has no native bf16 (AVX512-BF16/AMX): bf16 runs emulated, slowly")
     header = ("model", "bertpt", "seq/s", "tok/s", "HF", "seq/s", "tok/s", "ratio", "steps")
     print("{:<7} {:<6} {:>8} {:>9} {:<4} {:>8} {:>9} {:>6} {:>5}".format(*header))
     for name in args.models.split(","):
-        for name_, prec, sps, tps, hf_prec, hf_sps, hf_tps, steps in bench_model(name, args):
+        for name_, prec, sps, hf_prec, hf_sps, steps in bench_model(name, args):
+            T = args.seq_len
             print(
-                f"{name_:<7} {prec:<6} {sps:>8.1f} {tps:>9.0f} {hf_prec:<4} {hf_sps:>8.1f} "
-                f"{hf_tps:>9.0f} {sps / hf_sps:>5.2f}x {steps:>5}",
+                f"{name_:<7} {prec:<6} {sps:>8.1f} {sps * T:>9.0f} {hf_prec:<4} {hf_sps:>8.1f} "
+                f"{hf_sps * T:>9.0f} {sps / hf_sps:>5.2f}x {steps:>5}",
                 flush=True,
             )
 

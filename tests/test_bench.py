@@ -1,0 +1,42 @@
+"""bertpt.bench: the batch it times is a realistic pretraining batch; a step trains."""
+
+from __future__ import annotations
+
+import torch
+
+from bertpt.bench import Runner, load_preset, make_batch
+from bertpt.model import BertConfig, BertForPreTraining
+
+
+def test_presets_load_from_conf():
+    assert load_preset("mini").hidden_size == 256
+
+
+def test_batch_is_masked_padded_and_typed_like_the_collator():
+    config = BertConfig(vocab_size=1000)
+    batch = make_batch(config, batch_size=64, seq_len=128)
+    real = batch["attention_mask"].bool()
+    predicted = batch["labels"] != -100
+    assert 0.8 < real.float().mean() < 0.97  # some padding, mostly real tokens
+    assert 0.12 < predicted[real].float().mean() < 0.18  # ~15% of real tokens
+    assert not predicted[~real].any() and not predicted[:, 0].any()  # never padding or [CLS]
+    assert torch.all(batch["input_ids"][~real] == config.pad_token_id)
+    assert torch.all(batch["token_type_ids"][~real] == 0) and batch["token_type_ids"].any()
+    assert set(batch["next_sentence_label"].tolist()) == {0, 1}
+
+
+def test_runner_step_updates_weights_and_records_time():
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    model = BertForPreTraining(config)
+    before = model.cls.seq_relationship.weight.detach().clone()
+    runner = Runner(model, make_batch(config, 4, 16), bf16=False)
+    runner.step()
+    assert len(runner.seconds) == 1 and runner.seqs_per_s(4) > 0
+    assert not torch.equal(before, model.cls.seq_relationship.weight)
+    assert all(p.grad is None for p in model.parameters())  # zero_grad ran
