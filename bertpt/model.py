@@ -182,16 +182,26 @@ class BertSelfAttention(nn.Module):
         return y.transpose(1, 2).reshape(B, T, H)
 
 
-class BertSelfOutput(nn.Module):
-    def __init__(self, config: BertConfig) -> None:
+class _DenseAddNorm(nn.Module):
+    """dense -> dropout -> + residual -> LayerNorm: the post-LN residual of the original BERT.
+
+    Hugging Face keeps two copies (BertSelfOutput, BertOutput) that differ only in input width;
+    both subclasses below keep their names and checkpoint keys.
+    """
+
+    def __init__(self, config: BertConfig, in_features: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        # Post-LN residual, as in the original BERT.
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class BertSelfOutput(_DenseAddNorm):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config, config.hidden_size)
 
 
 class BertAttention(nn.Module):
@@ -223,15 +233,9 @@ class BertIntermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(hidden_states))  # (B, T, I)
 
 
-class BertOutput(nn.Module):
+class BertOutput(_DenseAddNorm):
     def __init__(self, config: BertConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+        super().__init__(config, config.intermediate_size)
 
 
 class BertLayer(nn.Module):
