@@ -17,7 +17,6 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch import nn
 
 from bertpt.model import BertConfig, BertForPreTraining, BertLayer
 
@@ -84,6 +83,10 @@ class BertPretrainModule(pl.LightningModule):
             from bertpt.hf import from_hf
 
             self.model = from_hf(init_from)
+            # A speed setting of this run, not of the weights: config.json does not carry it.
+            checkpointing = bool(cfg.get("gradient_checkpointing", False))
+            self.model.config.gradient_checkpointing = checkpointing
+            self.model.bert.encoder.gradient_checkpointing = checkpointing
             if self.model.config.vocab_size != cfg["vocab_size"]:
                 raise ValueError(
                     f"model.init_from {init_from} has vocab_size {self.model.config.vocab_size} "
@@ -253,7 +256,3 @@ class BertPretrainModule(pl.LightningModule):
             )
             random.setstate(states["python"])
             self._rng_to_restore = None
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -296,3 +296,26 @@ def test_multirun_two_jobs(tmp_path, data_dir):
         assert (sweep / job / "csv" / "metrics.csv").is_file()
     lrs = {OmegaConf.load(sweep / j / ".hydra" / "config.yaml").optim.lr for j in "01"}
     assert lrs == {1e-4, 3e-4}
+
+
+def test_init_from_keeps_gradient_checkpointing(tmp_path):
+    """Starting from a Hugging Face folder keeps the run's gradient_checkpointing setting."""
+    from bertpt.hf import to_hf
+    from bertpt.model import BertConfig, BertForPreTraining
+    from bertpt.module import BertPretrainModule
+
+    small = dict(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    to_hf(BertForPreTraining(BertConfig(**small)), tmp_path / "hf")
+    module = BertPretrainModule(
+        {**small, "gradient_checkpointing": True}, {}, init_from=str(tmp_path / "hf")
+    )
+    module.configure_model()
+    assert module.model.bert.encoder.gradient_checkpointing is True
+    assert module.hparams.model_config["gradient_checkpointing"] is True
