@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bertpt.checkpoint import AtomicCheckpointIO
 from bertpt.datamodule import PretrainDataModule
 from bertpt.model import BertConfig
 from bertpt.module import BertPretrainModule
@@ -76,12 +77,8 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Pretrain with a composed config; return the final metrics (for sweepers and tests)."""
-    model_cfg = _check_config(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-
+def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, dict[str, Any]]:
+    """The Trainer of conf/trainer (fitted to this machine), and the speed keys it does not take."""
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     speed = {k: trainer_cfg.pop(k, None) for k in SPEED_KEYS}
     _fit_to_machine(trainer_cfg)
@@ -89,7 +86,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer_cfg,
         callbacks=_instantiate_all(cfg.get("callbacks")),
         logger=_instantiate_all(cfg.get("logger")) or False,
+        plugins=[AtomicCheckpointIO()],  # a crash mid-write never leaves a corrupt last.ckpt
     )
+    return trainer, speed
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Pretrain with a composed config; return the final metrics (for sweepers and tests)."""
+    model_cfg = _check_config(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    trainer, speed = build_trainer(cfg)
 
     datamodule = PretrainDataModule(
         data=OmegaConf.to_container(cfg.data, resolve=True),
@@ -115,14 +122,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.ckpt_path, output_dir))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    if cfg.export_hf and trainer.is_global_zero:
+    if not trainer.is_global_zero:
+        return metrics
+    metrics_msg = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k)
+    ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+    print(f"\nbertpt: done. {metrics_msg}")
+    print(f"bertpt: checkpoint:          {ckpt or '(none)'}")
+    if cfg.export_hf:
         from bertpt.hf import to_hf
 
         hf_dir = to_hf(module.model, output_dir / "hf", tokenizer_dir=datamodule.tokenizer_dir)
-        metrics_msg = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k)
-        ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-        print(f"\nbertpt: done. {metrics_msg}")
-        print(f"bertpt: checkpoint:          {ckpt or '(none)'}")
         print(f"bertpt: Hugging Face export: {hf_dir}")
     return metrics
 

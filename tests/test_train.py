@@ -14,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import OmegaConf, open_dict
 
 from bertpt.train import train
@@ -319,3 +320,60 @@ def test_init_from_keeps_gradient_checkpointing(tmp_path):
     module.configure_model()
     assert module.model.bert.encoder.gradient_checkpointing is True
     assert module.hparams.model_config["gradient_checkpointing"] is True
+
+
+@pytest.mark.slow
+def test_optuna_sweep_minimises_val_mlm_loss(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    _run_cli(
+        [
+            "-m",
+            "+experiment=tiny",
+            "+debug=fast",
+            "+hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=2",
+            "export_hf=false",
+            f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+            "logger=csv",
+        ],
+        cwd=tmp_path,
+    )
+    finals = []
+    for job in ("0", "1"):
+        rows = [r for r in read_metrics(sweep / job) if r.get("val/mlm_loss")]
+        finals.append(float(rows[-1]["val/mlm_loss"]))
+    result = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert result.best_value == pytest.approx(min(finals), rel=1e-6)
+    assert set(result.best_params) == {"optim.lr", "optim.warmup_steps"}
+
+
+def test_fsdp_config_wraps_each_layer_and_falls_back_on_cpu(tmp_path, caplog):
+    """trainer=fsdp: one FSDP unit per BertLayer (the tied embedding/decoder stay in the root);
+    without a GPU it warns and runs on one CPU device (Lightning's FSDP is GPU-only)."""
+    from bertpt.checkpoint import AtomicCheckpointIO
+    from bertpt.model import BertConfig, BertForPreTraining, BertLayer
+    from bertpt.train import build_trainer
+
+    cfg = make_cfg(tmp_path, tmp_path, "+experiment=large", "logger=csv")
+    assert cfg.trainer.strategy._target_.endswith("FSDPStrategy")
+    policy = hydra_instantiate(cfg.trainer.strategy.auto_wrap_policy)
+    model = BertForPreTraining(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    )
+    wrapped = [m for m in model.modules() if policy(module=m, recurse=False, nonwrapped_numel=0)]
+    assert len(wrapped) == 3 and all(isinstance(m, BertLayer) for m in wrapped)
+    if torch.cuda.is_available():
+        return
+    with caplog.at_level("WARNING", logger="bertpt.train"):
+        trainer, _ = build_trainer(cfg)
+    assert "no GPU here" in caplog.text
+    assert trainer.num_devices == 1 and type(trainer.strategy).__name__ == "SingleDeviceStrategy"
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)

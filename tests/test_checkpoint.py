@@ -1,0 +1,77 @@
+"""Checkpoint writes are all or nothing: a failure or a kill mid-write keeps the previous file."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import bertpt.checkpoint as ckpt_mod
+from bertpt.checkpoint import AtomicCheckpointIO, atomic_torch_save
+
+WRITER = """
+import sys, torch
+from bertpt.checkpoint import atomic_torch_save
+path, n = sys.argv[1], int(sys.argv[2])
+version = 0
+while True:
+    version += 1
+    # ~64 MB whose every element names the version: a torn write would mix versions or truncate
+    atomic_torch_save({"version": version, "w": torch.full((n,), float(version))}, path)
+    print(version, flush=True)
+"""
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1, "w": torch.arange(10.0)}, path)
+
+    def crash_midway(obj, f):
+        f.write(b"partial bytes of a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(10)}, path)
+    monkeypatch.undo()
+
+    loaded = io.load_checkpoint(path)
+    assert loaded["step"] == 1 and torch.equal(loaded["w"], torch.arange(10.0))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"], "temp file left"
+
+
+def test_overwrite_and_file_url(tmp_path):
+    path = tmp_path / "a.ckpt"
+    atomic_torch_save({"v": 1}, path)
+    AtomicCheckpointIO().save_checkpoint({"v": 2}, f"file://{path}")
+    assert torch.load(path, weights_only=True) == {"v": 2}
+    with pytest.raises(TypeError, match="storage_options"):
+        AtomicCheckpointIO().save_checkpoint({"v": 3}, path, storage_options={"x": 1})
+
+
+def test_killed_writer_never_leaves_a_torn_file(tmp_path):
+    """SIGKILL a process that rewrites one 64 MB checkpoint in a loop, at several moments."""
+    path = tmp_path / "last.ckpt"
+    n = 16 * 1024 * 1024
+    for delay in (0.3, 0.55, 0.8, 1.1):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(n)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        first = proc.stdout.readline()  # one complete checkpoint exists before the kill
+        assert first.strip(), "writer died before its first checkpoint"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        saved = torch.load(path, weights_only=True)
+        assert saved["w"].numel() == n
+        assert bool((saved["w"] == saved["version"]).all()), "a torn checkpoint was loaded"
+        for stale in Path(tmp_path).glob(".last.ckpt.*.tmp"):  # what a kill may leave: not `last`
+            stale.unlink()
