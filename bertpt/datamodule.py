@@ -59,6 +59,9 @@ class ShardSampler(Sampler[tuple[int, int]]):
     """This rank's share of a per-epoch permutation, as ``(epoch, index)``, from a start batch.
 
     Every rank gets ``len // world`` indices (the remainder is dropped, so ranks stay in step).
+    With ``shuffle=False`` (validation) it always serves epoch 0 in order: Lightning calls
+    ``set_epoch`` on validation samplers too, and a validation set whose pairs and masks follow
+    the training epoch would not compare across steps.
     """
 
     def __init__(
@@ -71,7 +74,8 @@ class ShardSampler(Sampler[tuple[int, int]]):
         self.per_rank = (n // world) // batch_size * batch_size if shuffle else n // world
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if self.shuffle:
+            self.epoch = epoch
 
     def __len__(self) -> int:
         return self.per_rank

@@ -377,3 +377,30 @@ def test_fsdp_config_wraps_each_layer_and_falls_back_on_cpu(tmp_path, caplog):
     assert "no GPU here" in caplog.text
     assert trainer.num_devices == 1 and type(trainer.strategy).__name__ == "SingleDeviceStrategy"
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_validation_set_is_the_same_at_every_epoch(tmp_path, data_dir):
+    """Lightning sets the epoch of validation samplers too; pairs and masks must not follow it."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    from bertpt.datamodule import PretrainDataModule
+
+    cfg = make_cfg(tmp_path, data_dir, "+experiment=tiny", "+debug=fast")
+    dm = PretrainDataModule(cfg.data, cfg.tokenizer, cfg.paths, seed=0)
+    dm.prepare_data()
+    dm.setup()
+
+    def val_batches(epoch: int) -> list[dict]:
+        loader = dm.val_dataloader()
+        _set_sampler_epoch(loader, epoch)  # what Lightning's evaluation loop does
+        return list(loader)
+
+    first, later = val_batches(0), val_batches(6)
+    assert len(first) == len(later) > 1
+    for a, b in zip(first, later, strict=True):
+        for key in ("input_ids", "labels", "next_sentence_label"):
+            assert torch.equal(a[key], b[key]), key
+    # ...while the training sampler does follow the epoch
+    train_loader = dm.train_dataloader()
+    _set_sampler_epoch(train_loader, 1)
+    assert next(iter(train_loader.sampler))[0] == 1
