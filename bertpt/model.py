@@ -30,28 +30,59 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 IGNORE_INDEX = -100  # label of a position that is not predicted (HF and PyTorch convention)
 
 
-class _CrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy whose backward turns the saved log-probabilities into the gradient.
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
 
-    F.cross_entropy's backward allocates a zero-filled one-hot (N, V) gradient and a new (N, V)
-    log-softmax gradient; over a 30k vocabulary those passes cost as much as a small model's
-    encoder. Here backward is exp_ in place, minus one at the targets: same value and gradient.
-    A second backward through the same graph fails loudly (the saved tensor was modified).
+
+class _DecoderCrossEntropy(torch.autograd.Function):
+    """Vocabulary projection + mean cross-entropy of the predicted rows, gradients included.
+
+    The (N, V) logits are the largest tensor of a small model's step (567 x 30522 in fp32 is
+    69 MB at batch 32); allocating it, and a log-softmax of the same size, afresh every step
+    costs page faults on a CPU, and keeping them for backward costs memory on any device. Here
+    the logits go into a workspace that lives across steps; forward takes the loss from it and,
+    when gradients are wanted, turns the same buffer into softmax - one-hot and finishes the
+    three gradients (hidden, decoder weight, bias) on the spot. Backward only scales them by
+    the incoming gradient. Returns (loss, argmax ids of the N rows).
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
-        ctx.save_for_backward(logp, targets)
-        ctx.dtype = logits.dtype
-        return -logp.gather(1, targets[:, None]).mean()
+    def forward(ctx, hidden, weight, bias, targets, workspace):
+        N, V = len(targets), weight.shape[0]
+        logits = workspace[: N * V].view(N, V)
+        low = _autocast_dtype(hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            if low is None:
+                torch.addmm(bias.float(), hidden.float(), weight.float().t(), out=logits)
+            else:  # the projection in the autocast precision, as nn.Linear would run it
+                logits.copy_(F.linear(hidden.to(low), weight.to(low))).add_(bias.float())
+            top, predictions = logits.max(dim=-1)  # (N,)
+            target_logit = logits.gather(1, targets[:, None]).squeeze(1)
+            probs = logits.sub_(top[:, None]).exp_()  # unnormalised, in place
+            total = probs.sum(dim=-1)
+            loss = (top + total.log() - target_logit).mean()
+            ctx.grads = None
+            if any(ctx.needs_input_grad[:3]):
+                probs.div_(total[:, None])
+                probs[torch.arange(N, device=probs.device), targets] -= 1.0  # d(sum of CE)/dlogits
+                mm = probs if low is None else probs.to(low)
+                grad_hidden = (mm @ weight.to(mm.dtype)).to(hidden.dtype)
+                grad_weight = (mm.t() @ hidden.to(mm.dtype)).to(weight.dtype)
+                grad_bias = probs.sum(0).to(bias.dtype)
+                ctx.grads = (grad_hidden, grad_weight, grad_bias)
+        ctx.n = N
+        ctx.mark_non_differentiable(predictions)
+        return loss, predictions
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        logp, targets = ctx.saved_tensors
-        probs = logp.exp_()  # (N, V) softmax
-        probs[torch.arange(len(targets), device=probs.device), targets] -= 1.0
-        return probs.mul_(grad / len(targets)).to(ctx.dtype), None
+    def backward(ctx, grad_loss, _grad_predictions):
+        if ctx.grads is None:
+            raise RuntimeError("the MLM loss was backpropagated twice; run the forward again")
+        grads, ctx.grads = ctx.grads, None  # scaled in place and handed over: no copies
+        scale = grad_loss / ctx.n
+        return *(g.mul_(scale) for g in grads), None, None
 
 
 @dataclass
@@ -354,15 +385,35 @@ class BertModel(nn.Module):
         return sequence_output, self.pooler(cls_states)
 
 
-@dataclass
 class BertPreTrainingOutput:
-    loss: torch.Tensor | None  # mlm_loss + nsp_loss, over those whose labels were given
-    mlm_loss: torch.Tensor | None
-    nsp_loss: torch.Tensor | None
-    # Without `labels`: (B, T, V). With `labels`: (N, V), one row per position whose label is not
-    # -100, in row-major order, i.e. aligned with `labels[labels != -100]` (N may be 0).
-    prediction_logits: torch.Tensor
-    seq_relationship_logits: torch.Tensor  # (B, 2)
+    """What ``BertForPreTraining.forward`` returns.
+
+    ``prediction_logits``: without ``labels``, (B, T, V). With ``labels``, (N, V): one row per
+    position whose label is not -100, in row-major order, i.e. aligned with
+    ``labels[labels != -100]`` (N may be 0). Training never needs those logits (the loss and
+    ``mlm_predictions`` come from a fused kernel), so with labels they are computed on first
+    access, with autograd, from the head's hidden states.
+    """
+
+    def __init__(
+        self,
+        loss: torch.Tensor | None,  # mlm_loss + nsp_loss, over those whose labels were given
+        mlm_loss: torch.Tensor | None,
+        nsp_loss: torch.Tensor | None,
+        seq_relationship_logits: torch.Tensor,  # (B, 2)
+        prediction_logits: torch.Tensor | Callable[[], torch.Tensor],
+        mlm_predictions: torch.Tensor | None = None,  # (N,) argmax ids, with labels
+    ) -> None:
+        self.loss, self.mlm_loss, self.nsp_loss = loss, mlm_loss, nsp_loss
+        self.seq_relationship_logits = seq_relationship_logits
+        self.mlm_predictions = mlm_predictions
+        self._logits = prediction_logits
+
+    @property
+    def prediction_logits(self) -> torch.Tensor:
+        if callable(self._logits):
+            self._logits = self._logits()
+        return self._logits
 
 
 class BertForPreTraining(nn.Module):
@@ -409,17 +460,27 @@ class BertForPreTraining(nn.Module):
         sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask, keep)
         seq_relationship_logits = self.cls.seq_relationship(pooled_output)  # (B, 2)
 
+        head = self.cls.predictions
+        mlm_predictions = None
         if labels is None:
-            prediction_logits = self.cls.predictions(sequence_output)  # (B, T, V)
+            prediction_logits = head(sequence_output)  # (B, T, V)
         else:
-            prediction_logits = self.cls.predictions(sequence_output[B:])  # (N, V)
+            hidden = head.transform(sequence_output[B:])  # (N, H)
             targets = labels.flatten()[predicted]  # (N,)
             if targets.numel():
-                mlm_loss = _CrossEntropy.apply(prediction_logits, targets)
+                weight = head.decoder.weight
+                mlm_loss, mlm_predictions = _DecoderCrossEntropy.apply(
+                    hidden, weight, head.bias, targets, self._workspace(targets.numel(), hidden)
+                )
             else:
                 # No masked token: a zero that still reaches every parameter, so DDP's gradient
                 # buckets fill and the mean over batches is not poisoned by a NaN.
-                mlm_loss = prediction_logits.sum() * 0.0
+                mlm_loss = head.decoder(hidden).sum() * 0.0
+                mlm_predictions = targets
+
+            def prediction_logits() -> torch.Tensor:
+                return head.decoder(hidden)  # (N, V)
+
         if next_sentence_label is not None:
             nsp_loss = F.cross_entropy(
                 seq_relationship_logits.float(), next_sentence_label.view(-1)
@@ -433,9 +494,20 @@ class BertForPreTraining(nn.Module):
             loss=loss,
             mlm_loss=mlm_loss,
             nsp_loss=nsp_loss,
-            prediction_logits=prediction_logits,
             seq_relationship_logits=seq_relationship_logits,
+            prediction_logits=prediction_logits,
+            mlm_predictions=mlm_predictions,
         )
+
+    def _workspace(self, rows: int, like: torch.Tensor) -> torch.Tensor:
+        """An fp32 buffer for (rows, V) logits, kept across steps and grown when too small."""
+        need = rows * self.config.vocab_size
+        ws = getattr(self, "_logits_workspace", None)
+        if ws is None or ws.numel() < need or ws.device != like.device:
+            # 25% headroom: the number of masked positions varies from batch to batch.
+            ws = torch.empty(need + need // 4, dtype=torch.float32, device=like.device)
+            self._logits_workspace = ws
+        return ws
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -115,8 +115,8 @@ class BertPretrainModule(pl.LightningModule):
 
     def _metrics(self, batch: dict[str, torch.Tensor], out) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
-        masked = labels[labels != -100]  # (N,) in the row-major order of prediction_logits
-        mlm_correct = (out.prediction_logits.argmax(-1) == masked).sum()
+        masked = labels[labels != -100]  # (N,) in the row-major order of mlm_predictions
+        mlm_correct = (out.mlm_predictions == masked).sum()
         nsp_correct = (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
         return {
             "n_masked": torch.tensor(masked.numel(), device=labels.device),
@@ -220,7 +220,11 @@ class BertPretrainModule(pl.LightningModule):
             {"params": decay, "weight_decay": o["weight_decay"]},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"])
+        # The fused kernel (one pass over all tensors) where the parameters' device has one.
+        fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
+        optimizer = torch.optim.AdamW(
+            groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], fused=fused
+        )
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_linear_decay(o["warmup_steps"], o["max_steps"])
         )

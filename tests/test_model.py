@@ -227,3 +227,52 @@ def test_model_presets(name):
     ]
     assert config.intermediate_size == 4 * hidden
     assert config.vocab_size == 30522 and config.max_position_embeddings == 512
+
+
+def test_fused_mlm_head_matches_plain_loss_and_argmax():
+    _hf, ours, config = make_pair(CONFIGS[1])
+    batch = make_batch(config)
+    out = ours(**batch)
+    targets = batch["labels"][batch["labels"] != -100]
+    torch.testing.assert_close(out.mlm_loss, F.cross_entropy(out.prediction_logits, targets))
+    assert torch.equal(out.mlm_predictions, out.prediction_logits.argmax(-1))
+    # the lazily computed logits are differentiable like any other output
+    out.prediction_logits.sum().backward()
+    assert ours.cls.predictions.bias.grad is not None
+
+
+def test_two_forwards_share_the_workspace_safely():
+    """Forward twice (the second batch predicts more rows, so the workspace grows), then one
+    backward of the sum: the gradients of Hugging Face's two losses."""
+    hf, ours, config = make_pair(CONFIGS[0])
+    small, big = make_batch(config, B=2, T=6, seed=3), make_batch(config, seed=4)
+    (hf(**small).loss + hf(**big).loss).backward()
+    (ours(**small).loss + ours(**big).loss).backward()
+    ref = dict(hf.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, ref[name].grad, **TOL, msg=name)
+
+
+def test_mlm_loss_cannot_be_backpropagated_twice():
+    model = BertForPreTraining(small_config())
+    out = model(**make_batch(model.config))
+    out.mlm_loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backpropagated twice"):
+        out.mlm_loss.backward()
+
+
+def test_bf16_autocast_is_close_to_fp32():
+    hf, ours, config = make_pair(CONFIGS[1])
+    batch = make_batch(config)
+    ref = hf(**batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ours(**batch)
+    torch.testing.assert_close(
+        out.mlm_loss,
+        ref.loss - F.cross_entropy(ref.seq_relationship_logits, batch["next_sentence_label"]),
+        atol=0.1,
+        rtol=0.05,
+    )
+    out.loss.backward()
+    for p in ours.parameters():
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
