@@ -166,9 +166,21 @@ def train_tokenizer(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     save_tokenizer(tok, tmp, lowercase)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    if out.exists():
+    tmp.chmod(0o755)  # mkdtemp makes it private; a shared folder is read by other users
+    if overwrite and out.exists():
         shutil.rmtree(out)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process (a second node on shared storage) finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        meta_path = out / META_FILE
+        if not meta_path.exists() or json.loads(meta_path.read_text()) != meta:
+            raise FileExistsError(
+                f"{out} is not empty and holds no tokenizer of these settings: choose a new or "
+                "empty folder, or pass overwrite=True (--overwrite)"
+            ) from None
+        log.info("tokenizer in %s was trained by another process meanwhile: reusing it", out)
+        return out
     log.info("trained a %d-token WordPiece tokenizer in %s", got, out)
     return out
 

@@ -92,3 +92,33 @@ def test_cli(default_corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+def test_concurrent_trainers_share_one_folder(default_corpus, tmp_path):
+    """Two processes (say rank 0 of two nodes on shared storage) train into one folder at once:
+    both succeed and the folder holds one complete tokenizer."""
+    import multiprocessing as mp
+
+    out = tmp_path / "tok"
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_train_quietly, args=(str(default_corpus), str(out))) for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]  # no temporary folder left
+    assert load_tokenizer(out).get_vocab_size() == 1000
+
+
+def test_folder_with_other_files_is_refused(default_corpus, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        train_tokenizer(default_corpus, tmp_path, vocab_size=1000, show_progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _train_quietly(corpus: str, out: str) -> None:
+    train_tokenizer(corpus, out, vocab_size=1000, show_progress=False)
