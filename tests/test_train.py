@@ -404,3 +404,50 @@ def test_validation_set_is_the_same_at_every_epoch(tmp_path, data_dir):
     train_loader = dm.train_dataloader()
     _set_sampler_epoch(train_loader, 1)
     assert next(iter(train_loader.sampler))[0] == 1
+
+
+@pytest.mark.slow
+def test_two_nodes_with_torchrun(tmp_path, default_corpus):
+    """Two "nodes" on this machine (torchrun --nnodes=2, one CPU process each, gloo): each node's
+    rank 0 prepares the same fresh data folder at once, ranks see disjoint data, rank 0 writes."""
+    import socket
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(default_corpus, data / "corpus.txt")
+    run, seen = tmp_path / "run", tmp_path / "seen"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": str(ROOT / "tests"),
+        "OMP_NUM_THREADS": "1",
+    }
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+                "--nproc-per-node=1", f"--node-rank={node}", "--master-addr=127.0.0.1",
+                f"--master-port={port}", "-m", "bertpt.train",
+                "+experiment=tiny", "+debug=fast", "trainer=ddp_cpu", "trainer.devices=1",
+                "trainer.num_nodes=2", "optim.max_steps=4", f"paths.data_dir={data}",
+                f"hydra.run.dir={run}", "logger=csv",
+                "+callbacks.record._target_=record_batches.RecordBatches",
+                f"+callbacks.record.out_dir={seen}",
+            ],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for node in (0, 1)
+    ]  # fmt: skip
+    logs = [p.communicate(timeout=600)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    r0 = (seen / "seen_rank0.txt").read_text().split()
+    r1 = (seen / "seen_rank1.txt").read_text().split()
+    assert len(r0) == len(r1) == 4 * 4  # 4 steps x (global batch 8 / 2 nodes)
+    assert not set(r0) & set(r1), "the nodes saw the same sequence"
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    assert ckpts == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt"]
+    assert (run / "hf" / "model.safetensors").is_file()
+    assert "bertpt: Hugging Face export" in logs[0] and "bertpt: done" not in logs[1]
