@@ -21,7 +21,7 @@ path, n = sys.argv[1], int(sys.argv[2])
 version = 0
 while True:
     version += 1
-    # ~64 MB whose every element names the version: a torn write would mix versions or truncate
+    # ~32 MB whose every element names the version: a torn write would mix versions or truncate
     atomic_torch_save({"version": version, "w": torch.full((n,), float(version))}, path)
     print(version, flush=True)
 """
@@ -56,10 +56,10 @@ def test_overwrite_and_file_url(tmp_path):
 
 
 def test_killed_writer_never_leaves_a_torn_file(tmp_path):
-    """SIGKILL a process that rewrites one 64 MB checkpoint in a loop, at several moments."""
+    """SIGKILL a process that rewrites one 32 MB checkpoint in a loop, at several moments."""
     path = tmp_path / "last.ckpt"
-    n = 16 * 1024 * 1024
-    for delay in (0.3, 0.55, 0.8, 1.1):
+    n = 8 * 1024 * 1024
+    for delay in (0.15, 0.4, 0.7):
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(path), str(n)],
             stdout=subprocess.PIPE,
