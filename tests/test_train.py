@@ -451,3 +451,58 @@ def test_two_nodes_with_torchrun(tmp_path, default_corpus):
     assert ckpts == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt"]
     assert (run / "hf" / "model.safetensors").is_file()
     assert "bertpt: Hugging Face export" in logs[0] and "bertpt: done" not in logs[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_under_slurm_variables(tmp_path, data_dir):
+    """The README's sbatch line, with the variables srun gives each task (2 nodes x 1 task, CPU):
+    Lightning takes the ranks from SLURM and the run trains across both."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run, seen = tmp_path / "run", tmp_path / "seen"
+    procs = []
+    for rank in (0, 1):
+        env = {
+            **os.environ,
+            "WANDB_MODE": "offline",
+            "PYTHONPATH": str(ROOT / "tests"),
+            "OMP_NUM_THREADS": "1",
+            "SLURM_JOB_ID": "4242",
+            "SLURM_JOB_NAME": "bertpt-test",
+            "SLURM_JOB_NUM_NODES": "2",
+            "SLURM_NNODES": "2",
+            "SLURM_NTASKS": "2",
+            "SLURM_NTASKS_PER_NODE": "1",
+            "SLURM_NODELIST": "127.0.0.1",
+            "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": "0",
+            "SLURM_NODEID": str(rank),
+            "MASTER_PORT": str(port),
+        }
+        args = [
+            "+experiment=tiny", "+debug=fast", "trainer=ddp_cpu", "optim.max_steps=4",
+            f"trainer.num_nodes={env['SLURM_JOB_NUM_NODES']}",
+            f"trainer.devices={env['SLURM_NTASKS_PER_NODE']}",
+            f"paths.data_dir={data_dir}", f"hydra.run.dir={run}", "logger=csv",
+            "+callbacks.record._target_=record_batches.RecordBatches",
+            f"+callbacks.record.out_dir={seen}",
+        ]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bertpt.train", *args],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    r0 = (seen / "seen_rank0.txt").read_text().split()
+    r1 = (seen / "seen_rank1.txt").read_text().split()
+    assert len(r0) == len(r1) == 4 * 4 and not set(r0) & set(r1)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
