@@ -503,7 +503,9 @@ class BertForPreTraining(nn.Module):
         """An fp32 buffer for (rows, V) logits, kept across steps and grown when too small."""
         need = rows * self.config.vocab_size
         ws = getattr(self, "_logits_workspace", None)
-        if ws is None or ws.numel() < need or ws.device != like.device:
+        # A buffer made under torch.inference_mode (validation first) cannot be written outside it.
+        stale = ws is not None and ws.is_inference() and not torch.is_inference_mode_enabled()
+        if ws is None or stale or ws.numel() < need or ws.device != like.device:
             # 25% headroom: the number of masked positions varies from batch to batch.
             ws = torch.empty(need + need // 4, dtype=torch.float32, device=like.device)
             self._logits_workspace = ws

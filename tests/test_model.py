@@ -276,3 +276,17 @@ def test_bf16_autocast_is_close_to_fp32():
     out.loss.backward()
     for p in ours.parameters():
         assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+
+
+def test_training_after_inference_mode_validation():
+    """Lightning validates under torch.inference_mode (a sanity check can run first)."""
+    hf, ours, config = make_pair(CONFIGS[2])
+    batch = make_batch(config)
+    with torch.inference_mode():
+        first = ours(**batch).loss
+    torch.testing.assert_close(first, hf(**batch).loss, **TOL)
+    ours(**batch).loss.backward()
+    hf(**batch).loss.backward()
+    ref = dict(hf.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, ref[name].grad, **TOL, msg=name)
