@@ -234,6 +234,14 @@ def test_exact_resume(tmp_path, data_dir):
     assert losses_by_step(part) == {s: a[s] for s in range(4)}
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 600):
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     proc = subprocess.run(
@@ -410,15 +418,11 @@ def test_validation_set_is_the_same_at_every_epoch(tmp_path, data_dir):
 def test_two_nodes_with_torchrun(tmp_path, default_corpus):
     """Two "nodes" on this machine (torchrun --nnodes=2, one CPU process each, gloo): each node's
     rank 0 prepares the same fresh data folder at once, ranks see disjoint data, rank 0 writes."""
-    import socket
-
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(default_corpus, data / "corpus.txt")
     run, seen = tmp_path / "run", tmp_path / "seen"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     env = {
         **os.environ,
         "WANDB_MODE": "offline",
@@ -457,11 +461,7 @@ def test_two_nodes_with_torchrun(tmp_path, default_corpus):
 def test_two_nodes_under_slurm_variables(tmp_path, data_dir):
     """The README's sbatch line, with the variables srun gives each task (2 nodes x 1 task, CPU):
     Lightning takes the ranks from SLURM and the run trains across both."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     run, seen = tmp_path / "run", tmp_path / "seen"
     procs = []
     for rank in (0, 1):
