@@ -30,9 +30,13 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 IGNORE_INDEX = -100  # label of a position that is not predicted (HF and PyTorch convention)
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+def _matmul_dtype(device: torch.device, weight: torch.Tensor) -> torch.dtype | None:
+    """The precision nn.Linear would use for the projection: autocast's, a half-precision
+    model's own (bf16-true), or None for fp32."""
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
+    if weight.dtype in (torch.float16, torch.bfloat16):
+        return weight.dtype
     return None
 
 
@@ -45,14 +49,15 @@ class _DecoderCrossEntropy(torch.autograd.Function):
     the logits go into a workspace that lives across steps; forward takes the loss from it and,
     when gradients are wanted, turns the same buffer into softmax - one-hot and finishes the
     three gradients (hidden, decoder weight, bias) on the spot. Backward only scales them by
-    the incoming gradient. Returns (loss, argmax ids of the N rows).
+    the incoming gradient. Returns (loss, argmax ids of the N rows). `want_grad` is decided by
+    the caller: inside forward, grad mode is always off.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, workspace):
+    def forward(ctx, hidden, weight, bias, targets, workspace, want_grad: bool):
         N, V = len(targets), weight.shape[0]
         logits = workspace[: N * V].view(N, V)
-        low = _autocast_dtype(hidden.device)
+        low = _matmul_dtype(hidden.device, weight)
         with torch.autocast(hidden.device.type, enabled=False):
             if low is None:
                 torch.addmm(bias.float(), hidden.float(), weight.float().t(), out=logits)
@@ -64,7 +69,7 @@ class _DecoderCrossEntropy(torch.autograd.Function):
             total = probs.sum(dim=-1)
             loss = (top + total.log() - target_logit).mean()
             ctx.grads = None
-            if any(ctx.needs_input_grad[:3]):
+            if want_grad:
                 probs.div_(total[:, None])
                 probs[torch.arange(N, device=probs.device), targets] -= 1.0  # d(sum of CE)/dlogits
                 mm = probs if low is None else probs.to(low)
@@ -77,12 +82,13 @@ class _DecoderCrossEntropy(torch.autograd.Function):
         return loss, predictions
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, _grad_predictions):
         if ctx.grads is None:
             raise RuntimeError("the MLM loss was backpropagated twice; run the forward again")
         grads, ctx.grads = ctx.grads, None  # scaled in place and handed over: no copies
         scale = grad_loss / ctx.n
-        return *(g.mul_(scale) for g in grads), None, None
+        return *(g.mul_(scale) for g in grads), None, None, None
 
 
 @dataclass
@@ -392,7 +398,8 @@ class BertPreTrainingOutput:
     position whose label is not -100, in row-major order, i.e. aligned with
     ``labels[labels != -100]`` (N may be 0). Training never needs those logits (the loss and
     ``mlm_predictions`` come from a fused kernel), so with labels they are computed on first
-    access, with autograd, from the head's hidden states.
+    access, with autograd, from the head's hidden states and the decoder weights of that moment:
+    read them before an optimizer step changes the weights.
     """
 
     def __init__(
@@ -468,9 +475,12 @@ class BertForPreTraining(nn.Module):
             hidden = head.transform(sequence_output[B:])  # (N, H)
             targets = labels.flatten()[predicted]  # (N,)
             if targets.numel():
-                weight = head.decoder.weight
+                weight, ws = head.decoder.weight, self._workspace(targets.numel(), hidden)
+                want_grad = torch.is_grad_enabled() and (
+                    hidden.requires_grad or weight.requires_grad or head.bias.requires_grad
+                )
                 mlm_loss, mlm_predictions = _DecoderCrossEntropy.apply(
-                    hidden, weight, head.bias, targets, self._workspace(targets.numel(), hidden)
+                    hidden, weight, head.bias, targets, ws, want_grad
                 )
             else:
                 # No masked token: a zero that still reaches every parameter, so DDP's gradient
@@ -478,8 +488,13 @@ class BertForPreTraining(nn.Module):
                 mlm_loss = head.decoder(hidden).sum() * 0.0
                 mlm_predictions = targets
 
-            def prediction_logits() -> torch.Tensor:
-                return head.decoder(hidden)  # (N, V)
+            device = hidden.device.type
+            autocast = torch.is_autocast_enabled(device)
+            low = torch.get_autocast_dtype(device)
+
+            def prediction_logits() -> torch.Tensor:  # (N, V), in the precision of this forward
+                with torch.autocast(device, dtype=low, enabled=autocast):
+                    return head.decoder(hidden)
 
         if next_sentence_label is not None:
             nsp_loss = F.cross_entropy(
@@ -498,6 +513,15 @@ class BertForPreTraining(nn.Module):
             prediction_logits=prediction_logits,
             mlm_predictions=mlm_predictions,
         )
+
+    def _apply(self, fn, recurse=True):  # .to() / .cuda() / .half(): rebuilt on the next step
+        self.__dict__.pop("_logits_workspace", None)
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict[str, Any]:  # pickling and deepcopy (an EMA copy) skip it
+        state = dict(super().__getstate__())
+        state.pop("_logits_workspace", None)
+        return state
 
     def _workspace(self, rows: int, like: torch.Tensor) -> torch.Tensor:
         """An fp32 buffer for (rows, V) logits, kept across steps and grown when too small."""

@@ -290,3 +290,41 @@ def test_training_after_inference_mode_validation():
     ref = dict(hf.named_parameters())
     for name, p in ours.named_parameters():
         torch.testing.assert_close(p.grad, ref[name].grad, **TOL, msg=name)
+
+
+def test_fused_head_work_follows_grad_mode_and_model_precision():
+    import copy
+    import pickle
+
+    model = BertForPreTraining(small_config())
+    batch = make_batch(model.config)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = {}
+    for grad in (False, True):  # without grad mode, no gradient work in forward
+        with torch.set_grad_enabled(grad), FlopCounterMode(display=False) as counter:
+            model(**batch)
+        flops[grad] = counter.get_total_flops()
+    N, H, V = int((batch["labels"] != -100).sum()), 8, 40
+    assert flops[True] - flops[False] == 2 * (2 * N * H * V)  # the two gradient matmuls
+    # a bf16 model (precision=bf16-true) projects in bf16 and gets bf16 gradients
+    ref = model(**batch).mlm_loss
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    assert not hasattr(half, "_logits_workspace")  # dropped by .to() and by deepcopy
+    loss = half(**batch).mlm_loss
+    torch.testing.assert_close(loss.float(), ref, atol=0.05, rtol=0.02)
+    loss.backward()
+    assert half.cls.predictions.decoder.weight.grad.dtype == torch.bfloat16
+    assert "_logits_workspace" not in pickle.loads(pickle.dumps(model)).__dict__
+    # lazily computed logits use the autocast of their forward, even read outside it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**batch)
+    assert out.prediction_logits.dtype == torch.bfloat16
+
+
+def test_fused_head_has_no_second_order_gradient():
+    model = BertForPreTraining(small_config())
+    loss = model(**make_batch(model.config)).mlm_loss
+    (g,) = torch.autograd.grad(loss, [model.cls.predictions.bias], create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
