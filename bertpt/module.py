@@ -174,6 +174,24 @@ class BertPretrainModule(pl.LightningModule):
             )
             self.log("train/grad_norm", norm)
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        # Under FSDP each rank holds a shard of every gradient: the norm must be taken across
+        # ranks by the root FSDP module (Lightning's FSDP precision plugin refuses "norm").
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = self._trainer.model if self._trainer else None
+        if isinstance(root, FullyShardedDataParallel) and gradient_clip_val:
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(
+                    f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r} is not "
+                    "supported with FSDP: use norm"
+                )
+            root.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # --- validation ---------------------------------------------------------------------------
 
     def on_validation_epoch_start(self) -> None:
@@ -220,8 +238,11 @@ class BertPretrainModule(pl.LightningModule):
             {"params": decay, "weight_decay": o["weight_decay"]},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        # The fused kernel (one pass over all tensors) where the parameters' device has one.
-        fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
+        # The fused kernel (one pass over all tensors) where the parameters' device has one, but
+        # not with fp16's GradScaler: a fused AdamW unscales inside its step, after Lightning's
+        # gradient clipping would have needed the unscaled gradients (it refuses the combination).
+        scaler = getattr(self._trainer and self._trainer.precision_plugin, "scaler", None)
+        fused = scaler is None and all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
         optimizer = torch.optim.AdamW(
             groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], fused=fused
         )

@@ -506,3 +506,23 @@ def test_two_nodes_under_slurm_variables(tmp_path, data_dir):
     r1 = (seen / "seen_rank1.txt").read_text().split()
     assert len(r0) == len(r1) == 4 * 4 and not set(r0) & set(r1)
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_fused_adamw_except_under_fp16_grad_scaler():
+    """Lightning refuses gradient clipping with an optimizer that unscales itself (fused)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from bertpt.module import BertPretrainModule
+
+    small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    optim = dict(lr=1e-3, weight_decay=0.01, betas=[0.9, 0.999], eps=1e-6)
+    module = BertPretrainModule(small, {**optim, "warmup_steps": 1, "max_steps": 10})
+    module.configure_model()
+    assert module.configure_optimizers()["optimizer"].defaults["fused"] is True
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    module._trainer = SimpleNamespace(precision_plugin=plugin)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert not optimizer.defaults["fused"]
+    plugin.clip_gradients(optimizer, 1.0, "norm")  # raises for a fused optimizer
