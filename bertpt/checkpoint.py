@@ -21,11 +21,22 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)``, all or nothing: write beside ``path``, fsync, rename."""
+    """``torch.save(obj, path)``, all or nothing: write beside ``path``, fsync, rename.
+
+    Only one process writes a given path (rank 0); temporary files a killed writer left beside
+    it are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{prefix}*.tmp"):  # left by a writer that was killed
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as open() would make it, not mkstemp's private 0600
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()

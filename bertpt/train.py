@@ -14,6 +14,7 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from bertpt.checkpoint import AtomicCheckpointIO
@@ -82,11 +83,14 @@ def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, dict[str, Any]]:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     speed = {k: trainer_cfg.pop(k, None) for k in SPEED_KEYS}
     _fit_to_machine(trainer_cfg)
+    plugins = [hydra.utils.instantiate(p) for p in trainer_cfg.pop("plugins", None) or []]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())  # a crash mid-write never leaves a corrupt last.ckpt
     trainer: pl.Trainer = hydra.utils.instantiate(
         trainer_cfg,
         callbacks=_instantiate_all(cfg.get("callbacks")),
         logger=_instantiate_all(cfg.get("logger")) or False,
-        plugins=[AtomicCheckpointIO()],  # a crash mid-write never leaves a corrupt last.ckpt
+        plugins=plugins,
     )
     return trainer, speed
 

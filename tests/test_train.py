@@ -526,3 +526,20 @@ def test_fused_adamw_except_under_fp16_grad_scaler():
     optimizer = module.configure_optimizers()["optimizer"]
     assert not optimizer.defaults["fused"]
     plugin.clip_gradients(optimizer, 1.0, "norm")  # raises for a fused optimizer
+
+
+def test_trainer_plugins_from_config_are_kept(tmp_path):
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from bertpt.checkpoint import AtomicCheckpointIO
+    from bertpt.train import build_trainer
+
+    cfg = make_cfg(tmp_path, tmp_path, "+experiment=tiny", "logger=csv", "trainer=cpu")
+    assert isinstance(build_trainer(cfg)[0].strategy.checkpoint_io, AtomicCheckpointIO)
+    target = "lightning.pytorch.plugins.io.TorchCheckpointIO"
+    cfg = make_cfg(
+        tmp_path, tmp_path, "+experiment=tiny", "logger=csv", "trainer=cpu",
+        f"+trainer.plugins=[{{_target_: {target}}}]",
+    )  # fmt: skip
+    io = build_trainer(cfg)[0].strategy.checkpoint_io
+    assert type(io) is TorchCheckpointIO
