@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import ast
 import codecs
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import sysconfig
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -343,14 +345,29 @@ def build_default_corpus(out_path: str | os.PathLike, overwrite: bool = False) -
         log.info("default corpus already at %s", out)
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     docs = sentences = 0
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for doc in default_documents():
-            f.write("\n".join(doc) + "\n\n")
-            docs += 1
-            sentences += len(doc)
-    os.replace(tmp, out)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for doc in default_documents():
+                f.write("\n".join(doc) + "\n\n")
+                docs += 1
+                sentences += len(doc)
+        os.chmod(tmp, 0o644)
+        if overwrite:
+            os.replace(tmp, out)
+        else:
+            # Several builders at once (a rank 0 per node on shared storage): the first one in
+            # wins and the file is never replaced under a reader, nor its mtime changed.
+            try:
+                os.link(tmp, out)
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links
+                os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     log.info("wrote %s: %d documents, %d sentences", out, docs, sentences)
     return out
 

@@ -13,6 +13,7 @@ again with the same corpus and settings reuses it and different ones are refused
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -167,12 +168,14 @@ def train_tokenizer(
     save_tokenizer(tok, tmp, lowercase)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     tmp.chmod(0o755)  # mkdtemp makes it private; a shared folder is read by other users
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+    if overwrite:
+        shutil.rmtree(out, ignore_errors=True)
     try:
         os.replace(tmp, out)
-    except OSError:  # another process (a second node on shared storage) finished first
+    except OSError as e:  # another process (a second node on shared storage) finished first
         shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
         meta_path = out / META_FILE
         if not meta_path.exists() or json.loads(meta_path.read_text()) != meta:
             raise FileExistsError(

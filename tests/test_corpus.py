@@ -156,3 +156,23 @@ def test_default_corpus_is_deterministic_real_english(default_corpus, tmp_path):
     for w in ("the", "of", "a", "is", "to", "and"):
         assert words.count(w) > 1000, w
     assert build_default_corpus(default_corpus) == default_corpus  # existing file is kept
+
+
+def test_concurrent_default_corpus_builds(default_corpus, tmp_path):
+    """Two builders at once (a rank 0 per node): one file, as one build writes it, and the
+    one that lost the race does not replace it (its mtime is part of the corpus fingerprint)."""
+    import multiprocessing as mp
+
+    out = tmp_path / "corpus.txt"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=build_default_corpus, args=(str(out),)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus.txt"]
+    assert out.read_bytes() == default_corpus.read_bytes()
+    mtime = out.stat().st_mtime_ns
+    build_default_corpus(out)
+    assert out.stat().st_mtime_ns == mtime
