@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from bertpt.atomic import temp_beside
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -27,25 +28,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     it are removed first.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}."
-    for stale in path.parent.glob(f"{prefix}*.tmp"):  # left by a writer that was killed
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # as open() would make it, not mkstemp's private 0600
+    with temp_beside(path) as (fd, tmp):
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     # Make the rename itself durable (a power cut after it must not bring back the old entry).
     with contextlib.suppress(OSError):
         dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import ast
 import codecs
-import contextlib
 import hashlib
 import logging
 import os
 import re
 import sysconfig
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from sentencex import segment
 from tqdm import tqdm
+
+from bertpt.atomic import temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -344,16 +344,13 @@ def build_default_corpus(out_path: str | os.PathLike, overwrite: bool = False) -
     if out.exists() and not overwrite:
         log.info("default corpus already at %s", out)
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     docs = sentences = 0
-    try:
+    with temp_beside(out) as (fd, tmp):
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             for doc in default_documents():
                 f.write("\n".join(doc) + "\n\n")
                 docs += 1
                 sentences += len(doc)
-        os.chmod(tmp, 0o644)
         if overwrite:
             os.replace(tmp, out)
         else:
@@ -365,9 +362,6 @@ def build_default_corpus(out_path: str | os.PathLike, overwrite: bool = False) -
                 pass
             except OSError:  # a file system without hard links
                 os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     log.info("wrote %s: %d documents, %d sentences", out, docs, sentences)
     return out
 
