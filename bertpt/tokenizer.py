@@ -101,6 +101,12 @@ def _sentences(source: Source, format: str, text_column: str) -> Iterator[str]:
         yield from doc
 
 
+def _saved_meta(folder: Path) -> dict | None:
+    """The settings a tokenizer folder was trained with, or None."""
+    meta_path = folder / META_FILE
+    return json.loads(meta_path.read_text()) if meta_path.exists() else None
+
+
 def train_tokenizer(
     files: Source,
     out_dir: str | os.PathLike,
@@ -133,8 +139,7 @@ def train_tokenizer(
         "limit_alphabet": limit_alphabet,
     }
     if (out / "tokenizer.json").exists() and not overwrite:
-        meta_path = out / META_FILE
-        old = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        old = _saved_meta(out)
         if old == meta:
             log.info("tokenizer in %s already trained with these settings: reusing it", out)
             return out
@@ -176,8 +181,7 @@ def train_tokenizer(
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise
-        meta_path = out / META_FILE
-        if not meta_path.exists() or json.loads(meta_path.read_text()) != meta:
+        if _saved_meta(out) != meta:
             raise FileExistsError(
                 f"{out} is not empty and holds no tokenizer of these settings: choose a new or "
                 "empty folder, or pass overwrite=True (--overwrite)"
