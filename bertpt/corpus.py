@@ -34,6 +34,7 @@ from sentencex import segment
 from tqdm import tqdm
 
 from bertpt.atomic import temp_beside
+from bertpt.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ Source = str | os.PathLike | Iterable[str | os.PathLike]
 _SNIFF_BYTES = 1 << 16
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """A corpus that cannot be used; the message names the file and what to do."""
 
 
