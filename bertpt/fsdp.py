@@ -1,0 +1,100 @@
+"""FSDP as bertpt runs it: Lightning's ``FSDPStrategy`` with one unit per ``BertLayer``.
+
+Two differences from Lightning's strategy, both about running it for real:
+
+* A full checkpoint (``state_dict_type: full``, one file) is read with
+  ``torch.load(mmap=True, weights_only=True)``. Lightning reads it with its own lazy unpickler,
+  which fails on the storages of current torch releases (Lightning issue #20373:
+  ``'UntypedStorage' object has no attribute 'dtype'``), so a run could not resume. Memory-mapped,
+  the file is as lazy: each rank pages in only what it copies into its shard.
+* It runs on CPU processes too (gloo), so that saving, resuming and exporting a sharded model is
+  tested on a machine without a GPU. torch's FSDP runs there when it is given the device
+  explicitly; Lightning passes the CUDA device index, which a CPU does not have (and its
+  accelerator check refuses a CPU for its own strategy class, not for a subclass). There the
+  gathered full state is not "offloaded to the CPU" it is already on: torch frees the memory the
+  gathered tensors still view, and the process crashes.
+
+Both fixes substitute a helper of Lightning's FSDP module for the length of one call, rather than
+copying the methods around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import lightning.pytorch.strategies.fsdp as lightning_fsdp
+import torch
+from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
+from torch.distributed.fsdp import FullyShardedDataParallel
+
+from bertpt.model import BertLayer
+
+
+def wrap_policy():
+    """Shard each transformer layer on its own; the tied embedding and decoder stay in the root."""
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    return partial(transformer_auto_wrap_policy, transformer_layer_cls={BertLayer})
+
+
+def _mmap_load(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+
+
+def _full_state_dict_context(module: torch.nn.Module, world_size: int, rank0_only: bool = True):
+    """Lightning's full-state-dict context, offloading to the CPU only from another device."""
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp.api import FullOptimStateDictConfig
+
+    offload = next(module.parameters()).device.type != "cpu"
+    return FullyShardedDataParallel.state_dict_type(
+        module=module,
+        state_dict_type=StateDictType.FULL_STATE_DICT,
+        state_dict_config=FullStateDictConfig(offload_to_cpu=offload, rank0_only=rank0_only),
+        optim_state_dict_config=FullOptimStateDictConfig(
+            offload_to_cpu=offload, rank0_only=rank0_only
+        ),
+    )
+
+
+@contextlib.contextmanager
+def _fixed_lightning_helpers() -> Iterator[None]:
+    with (
+        mock.patch.object(lightning_fsdp, "_lazy_load", _mmap_load),
+        mock.patch.object(lightning_fsdp, "_get_full_state_dict_context", _full_state_dict_context),
+    ):
+        yield
+
+
+class FSDPStrategy(LightningFSDPStrategy):
+    """Lightning's FSDP, resuming from full checkpoints and running on CPU processes as well."""
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.root_device.type != "cpu":
+            return super()._setup_model(model)
+        return FullyShardedDataParallel(
+            module=model,
+            cpu_offload=self.cpu_offload,
+            mixed_precision=self.mixed_precision_config,
+            sharding_strategy=self.sharding_strategy,
+            device_id=self.root_device,
+            **self.kwargs,
+        )
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        with _fixed_lightning_helpers():
+            return super().lightning_module_state_dict()
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        with _fixed_lightning_helpers():
+            return super().optimizer_state(optimizer)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict:
+        # Sharded (directory) checkpoints do not go through the substituted helpers.
+        with _fixed_lightning_helpers():
+            return super().load_checkpoint(checkpoint_path, weights_only=True)
