@@ -7,6 +7,7 @@ in checkpoints (so a resumed run continues the uninterrupted one exactly).
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import random
@@ -17,8 +18,9 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from torch.distributed.fsdp import FullyShardedDataParallel
 
-from bertpt.model import BertConfig, BertForPreTraining, BertLayer
+from bertpt.model import BertConfig, BertForPreTraining
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +39,6 @@ def warmup_linear_decay(warmup_steps: int, max_steps: int):
     return factor
 
 
-def fsdp_wrap_policy():
-    """Shard each transformer layer on its own (conf/trainer/fsdp.yaml)."""
-    from functools import partial
-
-    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
-
-    return partial(transformer_auto_wrap_policy, transformer_layer_cls={BertLayer})
-
-
 class BertPretrainModule(pl.LightningModule):
     """MLM + NSP pretraining of ``BertForPreTraining`` (held as ``self.model``)."""
 
@@ -57,6 +50,7 @@ class BertPretrainModule(pl.LightningModule):
         tokenizer_dir: str | None = None,
         on_nan: str = "stop",
         compile: bool = False,
+        fused_optimizer: bool = True,
     ) -> None:
         super().__init__()
         if on_nan not in ("stop", "skip"):
@@ -165,32 +159,36 @@ class BertPretrainModule(pl.LightningModule):
         self._last_step_time = now
         return loss
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        # Before clipping: the norm the clip is judged against.
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g) for g in grads])
-            )
-            self.log("train/grad_norm", norm)
-
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
-        # Under FSDP each rank holds a shard of every gradient: the norm must be taken across
-        # ranks by the root FSDP module (Lightning's FSDP precision plugin refuses "norm").
-        from torch.distributed.fsdp import FullyShardedDataParallel
+        """Clip by norm or value under every precision, optimizer and strategy; log the
+        gradient norm measured before clipping.
 
-        root = self._trainer.model if self._trainer else None
-        if isinstance(root, FullyShardedDataParallel) and gradient_clip_val:
-            if gradient_clip_algorithm not in (None, "norm"):
-                raise ValueError(
-                    f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r} is not "
-                    "supported with FSDP: use norm"
-                )
-            root.clip_grad_norm_(gradient_clip_val)
+        Lightning's own clipping refuses two settings that work: a fused AdamW under mixed
+        precision (it assumes the optimizer unscales, though bf16 has no loss scaler) and norm
+        clipping under FSDP. So the clipping is done here, with torch's functions.
+        """
+        root = self.trainer.strategy.model
+        params = [p for p in root.parameters() if p.grad is not None]
+        if not params:  # the step was skipped (on_nan=skip): nothing to clip or unscale
             return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            # fp16: Lightning leaves a fused optimizer to unscale in its step, after clipping
+            # would have seen scaled gradients; unscaled here, the step does not unscale again.
+            scaler.unscale_(optimizer)
+        clip_norm = gradient_clip_val if gradient_clip_algorithm in (None, "norm") else None
+        if isinstance(root, FullyShardedDataParallel):
+            # Each rank holds a shard of every gradient: FSDP reduces the norm across ranks.
+            norm = root.clip_grad_norm_(clip_norm or math.inf)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            if clip_norm:
+                torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
+        if gradient_clip_algorithm == "value" and gradient_clip_val:
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)  # elementwise: shard-safe
+        self.log("train/grad_norm", norm)
 
     # --- validation ---------------------------------------------------------------------------
 
@@ -238,11 +236,10 @@ class BertPretrainModule(pl.LightningModule):
             {"params": decay, "weight_decay": o["weight_decay"]},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        # The fused kernel (one pass over all tensors) where the parameters' device has one, but
-        # not with fp16's GradScaler: a fused AdamW unscales inside its step, after Lightning's
-        # gradient clipping would have needed the unscaled gradients (it refuses the combination).
-        scaler = getattr(self._trainer and self._trainer.precision_plugin, "scaler", None)
-        fused = scaler is None and all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
+        # The fused kernel (one pass over all tensors) where the parameters' device has one.
+        fused = self.hparams.fused_optimizer and all(
+            p.device.type in ("cpu", "cuda") for p in decay + no_decay
+        )
         optimizer = torch.optim.AdamW(
             groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], fused=fused
         )
@@ -254,16 +251,18 @@ class BertPretrainModule(pl.LightningModule):
     # --- random state in checkpoints (exact resume of dropout and anything else random) --------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            # as tensors and ints: checkpoints load with torch.load(weights_only=True)
-            "numpy": [
-                torch.from_numpy(x) if isinstance(x, np.ndarray) else x
-                for x in np.random.get_state()
-            ],
-            "python": random.getstate(),
-        }
+        # One state per rank (each rank draws its own dropout masks), gathered on every rank:
+        # Lightning dumps the checkpoint on all of them and rank 0 writes it.
+        state, world = _rng_state(), self.trainer.world_size
+        if world == 1:
+            checkpoint["rng_states"] = [state]
+            return
+        # Sent as torch.save bytes: all_gather_object's own unpickler fails on tensors.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, buffer.getvalue())
+        checkpoint["rng_states"] = [torch.load(io.BytesIO(b), weights_only=True) for b in gathered]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Restored after Lightning has finished restoring, at the start of training (see
@@ -272,12 +271,39 @@ class BertPretrainModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         states = self._rng_to_restore
-        if states:
-            torch.set_rng_state(states["torch"])
-            if states["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(states["cuda"])
-            np.random.set_state(
-                tuple(x.numpy() if isinstance(x, torch.Tensor) else x for x in states["numpy"])
+        if not states:
+            return
+        if isinstance(states, dict):  # an older checkpoint: one state, for one rank
+            states = [states]
+        world = self.trainer.world_size
+        if len(states) != world:
+            log.warning(
+                "the checkpoint holds the random state of %d rank(s) and this run has %d: "
+                "dropout draws differ from the uninterrupted run's",
+                len(states),
+                world,
             )
-            random.setstate(states["python"])
-            self._rng_to_restore = None
+        _set_rng_state(states[self.global_rank % len(states)])
+        self._rng_to_restore = None
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # as tensors and ints: checkpoints load with torch.load(weights_only=True)
+        "numpy": [
+            torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in np.random.get_state()
+        ],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(
+        tuple(x.numpy() if isinstance(x, torch.Tensor) else x for x in state["numpy"])
+    )
+    random.setstate(state["python"])
