@@ -19,13 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from bertpt.checkpoint import AtomicCheckpointIO
 from bertpt.datamodule import PretrainDataModule
-from bertpt.model import BertConfig
+from bertpt.loggers import build_loggers
+from bertpt.model import BertConfig, BertForPreTraining
 from bertpt.module import BertPretrainModule
 
 log = logging.getLogger("bertpt.train")
 
 # Keys of conf/trainer that change only the speed and that Lightning's Trainer does not take.
-SPEED_KEYS = ("num_workers", "pad_to_multiple_of", "compile")
+SPEED_KEYS = ("num_workers", "pad_to_multiple_of", "compile", "fused_optimizer")
 
 
 def _fit_to_machine(trainer_cfg: dict[str, Any]) -> None:
@@ -89,7 +90,7 @@ def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, dict[str, Any]]:
     trainer: pl.Trainer = hydra.utils.instantiate(
         trainer_cfg,
         callbacks=_instantiate_all(cfg.get("callbacks")),
-        logger=_instantiate_all(cfg.get("logger")) or False,
+        logger=build_loggers(cfg.get("logger"), cfg.paths.output_dir) or False,
         plugins=plugins,
     )
     return trainer, speed
@@ -116,6 +117,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         init_from=cfg.model.get("init_from"),
         on_nan=cfg.on_nan,
         compile=bool(speed["compile"]),
+        fused_optimizer=bool(speed["fused_optimizer"]),
     )
 
     run_config = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
@@ -125,6 +127,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.ckpt_path, output_dir))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # Every rank takes part: under FSDP this gathers the full weights from the shards (to rank 0).
+    weights = trainer.strategy.lightning_module_state_dict() if cfg.export_hf else None
 
     if not trainer.is_global_zero:
         return metrics
@@ -133,9 +137,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     print(f"\nbertpt: done. {metrics_msg}")
     print(f"bertpt: checkpoint:          {ckpt or '(none)'}")
     if cfg.export_hf:
-        from bertpt.hf import to_hf
+        from bertpt.hf import load_into, to_hf
 
-        hf_dir = to_hf(module.model, output_dir / "hf", tokenizer_dir=datamodule.tokenizer_dir)
+        model = BertForPreTraining(BertConfig.from_dict(module.hparams.model_config))
+        load_into(model, {k.removeprefix("model."): v for k, v in weights.items()}, "the run")
+        hf_dir = to_hf(model, output_dir / "hf", tokenizer_dir=datamodule.tokenizer_dir)
         print(f"bertpt: Hugging Face export: {hf_dir}")
     return metrics
 
