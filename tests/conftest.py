@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -28,3 +29,11 @@ def tokenizer_dir(default_corpus, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     return train_tokenizer(default_corpus, out, vocab_size=2000, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def data_dir(default_corpus, tmp_path_factory):
+    """A data folder shared by the runs: the default corpus; tokenizer and store are cached."""
+    d = tmp_path_factory.mktemp("data")
+    shutil.copy(default_corpus, d / "corpus.txt")
+    return d

@@ -40,3 +40,23 @@ def test_runner_step_updates_weights_and_records_time():
     assert len(runner.seconds) == 1 and runner.seqs_per_s(4) > 0
     assert not torch.equal(before, model.cls.seq_relationship.weight)
     assert all(p.grad is None for p in model.parameters())  # zero_grad ran
+
+
+def test_run_throughput_reads_a_real_run(tmp_path, data_dir):
+    """What `--lightning` prints is read from a real run's folder (here a CPU run)."""
+    from runs import run_cli
+
+    from bertpt.bench import run_throughput
+    from bertpt.flops import flops_per_sequence
+
+    run = tmp_path / "run"
+    run_cli(
+        ["+experiment=tiny", "+debug=fast", "optim.max_steps=6", "logger=csv", "export_hf=false",
+         f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    seq_per_s, config, seq_len, masked = run_throughput(run, from_step=2)
+    assert seq_per_s > 0 and seq_len == 128
+    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (128, 2, 8192)
+    assert 10 < masked < 20  # ~15% of ~110 real tokens
+    assert flops_per_sequence(config, seq_len, masked) > 0

@@ -2,65 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
+from runs import ROOT, free_port, losses_by_step, make_cfg, read_metrics, run_cli
 
 from bertpt.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
-
-
-@pytest.fixture(scope="session")
-def data_dir(default_corpus, tmp_path_factory):
-    """A data folder shared by the runs: the default corpus; tokenizer and store are cached."""
-    d = tmp_path_factory.mktemp("data")
-    shutil.copy(default_corpus, d / "corpus.txt")
-    return d
-
-
-def make_cfg(run_dir: Path, data_dir: Path, *overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            return_hydra_config=True,
-            overrides=[
-                f"paths.root_dir={run_dir}",
-                f"paths.data_dir={data_dir}",
-                f"hydra.run.dir={run_dir}",
-                "trainer.enable_model_summary=false",
-                *overrides,
-            ],
-        )
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    return cfg
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def losses_by_step(run_dir: Path) -> dict[int, float]:
-    return {
-        int(r["step"]): float(r["train/loss"]) for r in read_metrics(run_dir) if r["train/loss"]
-    }
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -234,33 +189,11 @@ def test_exact_resume(tmp_path, data_dir):
     assert losses_by_step(part) == {s: a[s] for s in range(4)}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 600):
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bertpt.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
-
-
 @pytest.mark.slow
 def test_ddp_two_processes_disjoint(tmp_path, data_dir):
     run = tmp_path / "ddp"
     seen = tmp_path / "seen"
-    _run_cli(
+    run_cli(
         [
             "+experiment=tiny",
             "+debug=fast",
@@ -287,7 +220,7 @@ def test_ddp_two_processes_disjoint(tmp_path, data_dir):
 @pytest.mark.slow
 def test_multirun_two_jobs(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
-    _run_cli(
+    run_cli(
         [
             "-m",
             "+experiment=tiny",
@@ -333,7 +266,7 @@ def test_init_from_keeps_gradient_checkpointing(tmp_path):
 @pytest.mark.slow
 def test_optuna_sweep_minimises_val_mlm_loss(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
-    _run_cli(
+    run_cli(
         [
             "-m",
             "+experiment=tiny",
@@ -422,7 +355,7 @@ def test_two_nodes_with_torchrun(tmp_path, default_corpus):
     data.mkdir()
     shutil.copy(default_corpus, data / "corpus.txt")
     run, seen = tmp_path / "run", tmp_path / "seen"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "WANDB_MODE": "offline",
@@ -461,7 +394,7 @@ def test_two_nodes_with_torchrun(tmp_path, default_corpus):
 def test_two_nodes_under_slurm_variables(tmp_path, data_dir):
     """The README's sbatch line, with the variables srun gives each task (2 nodes x 1 task, CPU):
     Lightning takes the ranks from SLURM and the run trains across both."""
-    port = _free_port()
+    port = free_port()
     run, seen = tmp_path / "run", tmp_path / "seen"
     procs = []
     for rank in (0, 1):
@@ -506,26 +439,6 @@ def test_two_nodes_under_slurm_variables(tmp_path, data_dir):
     r1 = (seen / "seen_rank1.txt").read_text().split()
     assert len(r0) == len(r1) == 4 * 4 and not set(r0) & set(r1)
     assert (run / "checkpoints" / "last.ckpt").is_file()
-
-
-def test_fused_adamw_except_under_fp16_grad_scaler():
-    """Lightning refuses gradient clipping with an optimizer that unscales itself (fused)."""
-    from types import SimpleNamespace
-
-    from lightning.pytorch.plugins.precision import MixedPrecision
-
-    from bertpt.module import BertPretrainModule
-
-    small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
-    optim = dict(lr=1e-3, weight_decay=0.01, betas=[0.9, 0.999], eps=1e-6)
-    module = BertPretrainModule(small, {**optim, "warmup_steps": 1, "max_steps": 10})
-    module.configure_model()
-    assert module.configure_optimizers()["optimizer"].defaults["fused"] is True
-    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
-    module._trainer = SimpleNamespace(precision_plugin=plugin)
-    optimizer = module.configure_optimizers()["optimizer"]
-    assert not optimizer.defaults["fused"]
-    plugin.clip_gradients(optimizer, 1.0, "norm")  # raises for a fused optimizer
 
 
 def test_trainer_plugins_from_config_are_kept(tmp_path):

@@ -1,0 +1,85 @@
+"""Helpers for tests that run bertpt for real: compose a config, run the CLI, read metrics."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+
+def make_cfg(run_dir: Path, data_dir: Path, *overrides: str) -> DictConfig:
+    """The config `python -m bertpt.train` would compose, for a run in ``run_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            return_hydra_config=True,
+            overrides=[
+                f"paths.root_dir={run_dir}",
+                f"paths.data_dir={data_dir}",
+                f"hydra.run.dir={run_dir}",
+                "trainer.enable_model_summary=false",
+                *overrides,
+            ],
+        )
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    env_extra: dict | None = None,
+    timeout: int = 600,
+    module: str = "bertpt.train",
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """``python -m bertpt.train ARGS`` in ``cwd``; asserts exit 0 unless ``check=False``."""
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        **(env_extra or {}),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    return {
+        int(r["step"]): float(r["train/loss"]) for r in read_metrics(run_dir) if r["train/loss"]
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,218 @@
+"""Every trainer configuration runs for real: the real Trainer, strategy and precision plugin.
+
+Each `conf/trainer/*.yaml` that a CPU can run is crossed with each precision the CPU supports;
+every run trains a few steps, writes a checkpoint and resumes from ``ckpt_path=last``. FSDP runs
+on CPU processes (gloo) through bertpt's strategy, so its save, resume and export are tested
+here too; the GPU-only configs are exercised by tests/test_gpu.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from runs import ROOT, losses_by_step, make_cfg, read_metrics, run_cli
+
+from bertpt.train import train
+
+# How each CPU-runnable trainer config runs here; fsdp.yaml asks for GPUs, so it is pointed at
+# CPU processes. `in_process`: one process, so train(cfg) runs inside pytest (faster); the
+# others launch processes and run through the command line.
+CPU_TRAINERS = {
+    "default": dict(overrides=["trainer=default"], in_process=True),
+    "cpu": dict(overrides=["trainer=cpu"], in_process=True),
+    "ddp_cpu": dict(overrides=["trainer=ddp_cpu"], in_process=False),
+    "fsdp_1": dict(
+        overrides=["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1"],
+        in_process=False,
+    ),
+    "fsdp_2": dict(
+        overrides=["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2"],
+        in_process=False,
+    ),
+}
+GPU_ONLY_TRAINERS = {"gpu", "ddp"}  # tests/test_gpu.py
+CPU_PRECISIONS = ("32-true", "bf16-mixed")
+COMMON = ["+experiment=tiny", "+debug=fast", "logger=csv"]
+
+
+def run(run_dir: Path, data_dir: Path, overrides: list[str], in_process: bool) -> None:
+    if in_process:
+        train(make_cfg(run_dir, data_dir, *overrides))
+    else:
+        run_cli(
+            [f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", *overrides],
+            cwd=run_dir.parent,
+            env_extra={"PYTHONPATH": str(ROOT / "tests")},
+        )
+
+
+def test_every_trainer_config_is_covered():
+    configs = {p.stem for p in (ROOT / "conf" / "trainer").glob("*.yaml")}
+    cpu = {name.split("_")[0] if name.startswith("fsdp") else name for name in CPU_TRAINERS}
+    assert configs == cpu | GPU_ONLY_TRAINERS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", CPU_PRECISIONS)
+@pytest.mark.parametrize("trainer", sorted(CPU_TRAINERS))
+def test_trains_checkpoints_and_resumes(tmp_path, data_dir, trainer, precision):
+    spec = CPU_TRAINERS[trainer]
+    run_dir = tmp_path / "run"
+    args = [*COMMON, *spec["overrides"], f"trainer.precision={precision}", "export_hf=false"]
+    run(run_dir, data_dir, [*args, "optim.max_steps=4"], spec["in_process"])
+    first = losses_by_step(run_dir)
+    assert sorted(first) == [0, 1, 2, 3]
+    assert all(math.isfinite(v) for v in first.values()), first
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 4
+
+    # Train on to step 6 in the same folder: it continues at step 4, not at 0.
+    run(run_dir, data_dir, [*args, "optim.max_steps=6", "ckpt_path=last"], spec["in_process"])
+    resumed = losses_by_step(run_dir)
+    assert {4, 5} <= set(resumed) and all(math.isfinite(resumed[s]) for s in (4, 5)), resumed
+    steps = [int(r["step"]) for r in read_metrics(run_dir) if r["train/loss"]]
+    assert min(s for s in steps if s >= 4) == 4 and max(steps) == 5
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["ddp_cpu", "fsdp_1", "fsdp_2"])
+def test_resume_is_exact_and_exports_the_trained_weights(tmp_path, data_dir, trainer):
+    """DDP and FSDP (full state dicts) on CPU processes: resuming from the step-4 checkpoint
+    gives the uninterrupted run's losses exactly (each rank's dropout continues where it was),
+    and the checkpoint exports the weights the run ended with (gathered from the shards)."""
+    args = [*COMMON, *CPU_TRAINERS[trainer]["overrides"], "optim.max_steps=6"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run(full, data_dir, args, in_process=False)
+    ckpt4 = full / "checkpoints" / "step0000004.ckpt"
+    run(resumed, data_dir, [*args, f"ckpt_path={ckpt4}", "export_hf=false"], in_process=False)
+    a, b = losses_by_step(full), losses_by_step(resumed)
+    assert sorted(b) == [4, 5]
+    assert all(a[s] == b[s] for s in (4, 5)), (a, b)
+
+    from bertpt.export import export
+    from bertpt.hf import from_hf
+
+    export(full / "checkpoints" / "last.ckpt", tmp_path / "from_ckpt")
+    at_end, from_ckpt = from_hf(full / "hf"), from_hf(tmp_path / "from_ckpt")
+    assert at_end.state_dict().keys() == from_ckpt.state_dict().keys()
+    ids = torch.randint(
+        5, at_end.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)
+    )
+    at_end.eval(), from_ckpt.eval()
+    with torch.no_grad():
+        assert torch.equal(at_end(ids).prediction_logits, from_ckpt(ids).prediction_logits)
+    # a sharded model would have exported one rank's shard: the weights must have trained
+    assert at_end.bert.encoder.layer[0].attention.self.query.weight.std() > 0.01
+
+
+def _grads(out_dir: Path) -> list[dict]:
+    lines = (out_dir / "grads_rank0.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _clipping_run(tmp_path: Path, data_dir: Path, precision: str, fused: bool) -> tuple:
+    """Six steps clipped at a norm far below the gradients' (0.05): the logged norm and the
+    norms that a callback measured before clipping and after the step."""
+    run_dir, grads = tmp_path / f"{precision}-{fused}", tmp_path / f"grads-{precision}-{fused}"
+    if precision == "16-mixed":
+        # Lightning turns 16-mixed into bf16 on a CPU; the real plugin with a real GradScaler
+        # runs there when it is passed explicitly.
+        precision_args = [
+            "trainer.precision=null",
+            "+trainer.plugins=[{_target_: lightning.pytorch.plugins.precision.MixedPrecision, "
+            "precision: 16-mixed, device: cpu, scaler: {_target_: torch.amp.GradScaler, "
+            "device: cpu}}]",
+        ]
+    else:
+        precision_args = [f"trainer.precision={precision}"]
+    cfg = make_cfg(
+        run_dir,
+        data_dir,
+        *COMMON,
+        "trainer=cpu",
+        *precision_args,
+        f"trainer.fused_optimizer={fused}",
+        "trainer.gradient_clip_val=0.05",
+        "optim.max_steps=6",
+        "export_hf=false",
+        "+callbacks.grads._target_=record_grads.RecordGrads",
+        f"+callbacks.grads.out_dir={grads}",
+    )
+    train(cfg)
+    logged = {
+        int(r["step"]): float(r["train/grad_norm"])
+        for r in read_metrics(run_dir)
+        if r.get("train/grad_norm")
+    }
+    return logged, _grads(grads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_clipping_under_every_precision(tmp_path, data_dir, fused):
+    """Clipping works with a fused or unfused AdamW under fp32, bf16 and fp16 (GradScaler):
+    the gradients the optimizer used have at most the clip norm, and the logged norm is the
+    one before clipping (unscaled under fp16)."""
+    reference = None
+    for precision in ("32-true", "bf16-mixed", "16-mixed"):
+        logged, grads = _clipping_run(tmp_path, data_dir, precision, fused)
+        finite = [g for g in grads if math.isfinite(logged[g["step"]])]
+        # fp16 may skip its first steps while the GradScaler finds its scale
+        assert len(finite) >= (3 if precision == "16-mixed" else 6), (precision, logged)
+        for g in finite:
+            assert logged[g["step"]] > 0.5, (precision, g)  # far above the clip: it did clip
+            assert g["after"] <= 0.05 * (1 + 1e-3), (precision, g)
+            if precision != "16-mixed":
+                assert logged[g["step"]] == pytest.approx(g["before"], rel=1e-4), (precision, g)
+        if reference is None:
+            reference = logged
+        else:  # the same first step in another precision: same norm, not a scaled one
+            step = min(g["step"] for g in finite)
+            assert logged[step] == pytest.approx(reference[step], rel=0.1), (precision, logged)
+
+
+def test_wandb_that_cannot_start_falls_back_to_csv(tmp_path, data_dir, caplog):
+    """A W&B that fails to start (here: an invalid setting that wandb itself rejects) costs one
+    warning; the run trains and logs to CSV."""
+    run_dir = tmp_path / "run"
+    cfg = make_cfg(
+        run_dir,
+        data_dir,
+        "+experiment=tiny",
+        "+debug=fast",
+        "logger=wandb",
+        "export_hf=false",
+        "+logger.wandb.settings._target_=builtins.dict",
+        "+logger.wandb.settings.mode=bogus",
+    )
+    with caplog.at_level("WARNING", logger="bertpt.loggers"):
+        metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"])
+    warnings = [r for r in caplog.records if r.name == "bertpt.loggers"]
+    assert len(warnings) == 1 and "logger wandb cannot start" in warnings[0].getMessage()
+    assert "bogus" in warnings[0].getMessage()
+    assert len(losses_by_step(run_dir)) == 4 and not (run_dir / "wandb").exists()
+
+
+@pytest.mark.slow
+def test_missing_wandb_falls_back_to_csv(tmp_path, data_dir):
+    """Without an importable wandb the command still trains (CSV) and says so in one line."""
+    fake = tmp_path / "no_wandb" / "wandb"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named wandb')\n")
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        ["+experiment=tiny", "+debug=fast", "export_hf=false", f"paths.data_dir={data_dir}",
+         f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env_extra={"PYTHONPATH": str(tmp_path / "no_wandb")},
+    )  # fmt: skip
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "cannot start" in line]
+    assert len(lines) == 1 and "logger wandb" in lines[0], proc.stderr[-2000:]
+    assert len(losses_by_step(run_dir)) == 4
