@@ -28,7 +28,7 @@ endif
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
-.PHONY: help install data tokenizer train train-base sweep export bench test test-fast lint format clean
+.PHONY: help install data tokenizer train train-base sweep export bench gpu-check test test-fast lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,10 @@ export: $(STAMP) ## export a run to Hugging Face format: make export RUN=outputs
 bench: $(STAMP) ## benchmarks: bertpt vs transformers training steps, then the data pipeline
 	$(PY) -m bertpt.bench
 	$(PY) -m bertpt.bench_data
+
+gpu-check: $(STAMP) ## on a GPU machine: the GPU tests, then BERT-base seq/s and MFU of a 200-step run
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+	$(PY) -m bertpt.bench --lightning 200
 
 test: $(STAMP) ## run the whole test suite (slow tests included)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \

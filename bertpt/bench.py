@@ -1,6 +1,7 @@
 """Training-step throughput of bertpt against `transformers.BertForPreTraining` (a dev tool).
 
     python -m bertpt.bench --models tiny,mini,base --batch-size 32 --seq-len 128 [--bf16]
+    python -m bertpt.bench --lightning      # GPU: BERT-base through the real command, seq/s, MFU
 
 Both models get the same config, the same weights and the same realistic batches (~15% of real
 tokens masked, NSP labels, padding at the end of some rows). A step is forward, backward, AdamW
@@ -13,13 +14,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
+from bertpt.flops import FORMULA, flops_per_sequence, peak_flops
 from bertpt.model import BertConfig, BertForPreTraining
 
 PRESETS = Path(__file__).resolve().parent.parent / "conf" / "model"
@@ -140,6 +146,53 @@ def bench_model(name: str, args: argparse.Namespace) -> list[tuple]:
     return rows
 
 
+def run_throughput(run: Path, from_step: int) -> tuple[float, BertConfig, int, float]:
+    """Of a finished ``python -m bertpt.train`` folder (``logger=csv``): the median training
+    seq/s from ``from_step`` on, the model, the sequence length and the masked positions per
+    sequence (from the data report)."""
+    with open(run / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/seq_per_s")]
+    hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
+    report = hparams["data_report"]
+    model = {k: v for k, v in hparams["model"].items() if k != "init_from"}
+    model["vocab_size"] = hparams["tokenizer"]["vocab_size"]
+    seq_per_s = statistics.median(
+        float(r["train/seq_per_s"]) for r in rows if int(r["step"]) >= from_step
+    )
+    masked = report["masking_rate"] * report["mean_pair_length"]
+    return seq_per_s, BertConfig.from_dict(model), report["max_seq_length"], masked
+
+
+def lightning_run(steps: int, extra: list[str]) -> None:
+    """BERT-base phase 1 (seq 128, bf16, ``trainer=gpu``) for ``steps`` steps of the real
+    command, ``python -m bertpt.train``; prints its throughput and model-FLOPs utilisation."""
+    if not torch.cuda.is_available():
+        print("no CUDA device here: the Lightning run needs a GPU (skipped)")
+        return
+    from_step = min(50, steps // 4)  # after compilation, allocator and loader warm-up
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [
+            "+experiment=base", "trainer=gpu", f"optim.max_steps={steps}",
+            "optim.warmup_steps=10", "tokenizer.vocab_size=8192",  # what the default corpus holds
+            "logger=csv", "export_hf=false", f"hydra.run.dir={tmp}", *extra,
+        ]  # fmt: skip
+        print("python -m bertpt.train " + " ".join(args), flush=True)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "bertpt.train", *args], check=True)
+        wall = time.perf_counter() - start
+        seq_per_s, config, seq_len, masked = run_throughput(Path(tmp), from_step)
+    flops = flops_per_sequence(config, seq_len, masked)
+    name = torch.cuda.get_device_name()
+    peak = peak_flops(name)
+    mfu = f"{seq_per_s * flops / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else "unknown peak"
+    print(
+        f"\nLightning, {name} x {torch.cuda.device_count()}: {seq_per_s:.0f} seq/s "
+        f"({seq_per_s * seq_len:.0f} tok/s, median step from step {from_step}), MFU {mfu}; "
+        f"{steps} steps in {wall:.0f} s with start-up\n"
+        f"{FORMULA}: {flops / 1e9:.1f} GFLOP at seq {seq_len}, {masked:.1f} masked"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bertpt.bench",
@@ -158,7 +211,20 @@ def main(argv: list[str] | None = None) -> None:
         help="also time bertpt under bf16 autocast against HF at its best of fp32 / bf16",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--lightning",
+        type=int,
+        nargs="?",
+        const=200,
+        metavar="STEPS",
+        help="instead: BERT-base through python -m bertpt.train on the GPU (default 200 steps)",
+    )
+    args, extra = parser.parse_known_args(argv)
+    if args.lightning:
+        lightning_run(args.lightning, extra)
+        return
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
