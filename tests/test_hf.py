@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 
+from bertpt.errors import UserError
 from bertpt.hf import config_from_hf_dict, from_hf, to_hf
 from bertpt.model import BertConfig, BertForPreTraining
 
@@ -138,7 +139,7 @@ def hf_folder(tmp_path):
 
 def test_corrupt_weights_are_a_clear_error(hf_folder):
     (hf_folder / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match=r"model\.safetensors: cannot read weights"):
+    with pytest.raises(UserError, match=r"model\.safetensors cannot be read as weights"):
         from_hf(hf_folder)
 
 
