@@ -10,6 +10,7 @@ freshly initialised. Checkpoints from older `transformers` and the original TF c
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import pickle
@@ -24,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from bertpt.atomic import replace_dir, temp_dir_beside
 from bertpt.errors import UserError
 from bertpt.model import BertConfig, BertForPreTraining
 
@@ -44,6 +46,8 @@ TIED = {
     "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
     "cls.predictions.decoder.bias": "cls.predictions.bias",
 }
+# bertpt's own record of an export (source, step, tokenizer hash); config.json stays HF's.
+EXPORT_INFO = "bertpt_export.json"
 HF_FIELDS = tuple(
     f.name for f in dataclasses.fields(BertConfig) if f.name != "gradient_checkpointing"
 )
@@ -247,20 +251,60 @@ def copy_tokenizer(tokenizer_dir: str | Path, out_dir: str | Path) -> list[str]:
     return found
 
 
+def _sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes (a tokenizer's identity: its ``tokenizer.json``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse to delete a folder that is not a previous export: a typo must not cost data."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file — choose a folder path for the export")
+    if overwrite or not out.is_dir() or not any(out.iterdir()):
+        return
+    if not all((out / f).is_file() for f in ("config.json", "model.safetensors")):
+        raise UserError(
+            f"{out} is a non-empty folder that is not an export (no config.json and "
+            "model.safetensors) — choose another folder, or pass --overwrite (overwrite=True) "
+            "to replace it and everything in it"
+        )
+
+
 def to_hf(
-    model: BertForPreTraining, out_dir: str | Path, tokenizer_dir: str | Path | None = None
+    model: BertForPreTraining,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    *,
+    info: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write a folder that `transformers.BertForPreTraining.from_pretrained` loads unchanged."""
+    """Write a folder that `transformers.BertForPreTraining.from_pretrained` loads unchanged.
+
+    ``bertpt_export.json`` beside it records ``info`` (source, step) and the sha256 of the
+    copied ``tokenizer.json``. The folder is written beside ``out_dir`` and then swapped into
+    place: no file of an older export survives, and a failure leaves the old folder as it was.
+    A non-empty ``out_dir`` that is not an export is refused unless ``overwrite``.
+    """
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(out, overwrite)
     sd = {
         k: v.detach().to("cpu").contiguous()
         for k, v in model.state_dict().items()
         if k not in TIED  # HF re-ties them on load
     }
-    save_file(sd, out / "model.safetensors", metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(hf_config_dict(model.config), indent=2) + "\n")
-    if tokenizer_dir is not None:
-        copy_tokenizer(tokenizer_dir, out)
+    with temp_dir_beside(out) as tmp:
+        save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(model.config), indent=2) + "\n")
+        copied = copy_tokenizer(tokenizer_dir, tmp) if tokenizer_dir is not None else []
+        tokenizer_hash = (
+            _sha256_file(tmp / "tokenizer.json") if "tokenizer.json" in copied else None
+        )
+        record = {**(info or {}), "tokenizer_hash": tokenizer_hash}
+        (tmp / EXPORT_INFO).write_text(json.dumps(record, indent=2) + "\n")
+        replace_dir(tmp, out)
     return out
