@@ -34,6 +34,7 @@ from typing import Any
 from bertpt.errors import EXIT_USER_ERROR, UserError
 from bertpt.hf import (
     _sha256_file,
+    check_out_dir,
     config_from_hf_dict,
     load_checkpoint_file,
     load_into,
@@ -73,7 +74,14 @@ def _load_ckpt(path: Path) -> tuple[BertForPreTraining, dict[str, Any]]:
         )
     model_config = dict(hparams["model_config"])
     model_config.pop("init_from", None)
-    model = BertForPreTraining(BertConfig.from_dict(model_config))
+    try:
+        config = BertConfig.from_dict(model_config)
+    except (TypeError, ValueError) as e:
+        raise UserError(
+            f"{path}: hyper_parameters['model_config'] does not fit this bertpt ({e}) — export "
+            "it with the bertpt version that wrote it"
+        ) from e
+    model = BertForPreTraining(config)
     # torch.compile wraps the model as `_orig_mod`; the weights are the same.
     sd = {
         k[len(MODEL_PREFIX) :].replace("_orig_mod.", ""): v
@@ -164,6 +172,7 @@ def export(
         raise UserError(
             f"{out} holds {source}, which the export would delete — choose another folder"
         )
+    check_out_dir(out, overwrite)  # before the long work of loading
     if source.suffix == ".ckpt":
         model, hparams = _load_ckpt(source)
     else:

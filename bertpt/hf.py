@@ -260,8 +260,10 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_replaceable(out: Path, overwrite: bool) -> None:
-    """Refuse to delete a folder that is not a previous export: a typo must not cost data."""
+def check_out_dir(out: str | Path, overwrite: bool = False) -> None:
+    """Raise UserError unless ``out`` may take an export: a new or empty folder, a previous
+    export, or anything else with ``overwrite`` (a typo must not cost someone's data)."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file — choose a folder path for the export")
     if overwrite or not out.is_dir() or not any(out.iterdir()):
@@ -291,7 +293,7 @@ def to_hf(
     """
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
     out = Path(out_dir)
-    _check_replaceable(out, overwrite)
+    check_out_dir(out, overwrite)
     sd = {
         k: v.detach().to("cpu").contiguous()
         for k, v in model.state_dict().items()

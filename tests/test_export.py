@@ -185,6 +185,12 @@ def _other_prefix(path, good):
     torch.save(ckpt, path)
 
 
+def _newer_config(path, good):
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["hyper_parameters"]["model_config"]["rotary_base"] = 10_000
+    torch.save(ckpt, path)
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
@@ -193,6 +199,7 @@ def _other_prefix(path, good):
         (_list, "holds a list, not a checkpoint dict"),
         (_foreign_dict, "not a bertpt Lightning checkpoint"),
         (_other_prefix, "no key in state_dict starts with 'model.'"),
+        (_newer_config, r"model_config'\] does not fit .*rotary_base"),
     ],
 )
 def test_unreadable_or_foreign_checkpoint_is_a_one_line_user_error(tmp_path, model, make, match):
@@ -324,6 +331,9 @@ def test_export_never_deletes_what_is_not_an_export(tmp_path, model, tokenizer):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "run"), str(tmp_path / "mine")])
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "years of work"
+    (tmp_path / "big.ckpt").write_bytes(b"not even read")  # checked before the long work
+    with pytest.raises(UserError, match="not an export"):
+        export(tmp_path / "big.ckpt", tmp_path / "mine")
     main([str(tmp_path / "run"), str(tmp_path / "mine"), "--overwrite"])
     assert not (tmp_path / "mine" / "thesis.tex").exists()
     assert_same_model(tmp_path / "mine", model)
