@@ -1,30 +1,116 @@
-"""Files that appear whole or not at all: written beside their target, then renamed or linked.
+"""Files and folders that appear whole or not at all: written beside their target, then renamed.
 
-A temporary file in the target's own folder is on the same file system, so ``os.replace`` /
+A temporary in the target's own folder is on the same file system, so ``os.replace`` /
 ``os.link`` put it in place in one step; a crash before that leaves the target as it was.
+
+Temporaries are named ``.<target>.<host>-<pid>.<random>.tmp``. A process that is killed cannot
+remove its own, so the next writer beside the same target removes those whose process no longer
+runs on this host; those of a live process, or of another host (whose processes cannot be seen
+from here), are left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import logging
 import os
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _prefix(target: Path) -> str:
+    return f".{target.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _default_mode(mode: int) -> int:
+    """``mode`` less the umask: what ``open()`` / ``mkdir()`` would give (``mkstemp`` /
+    ``mkdtemp`` make their result private, and a shared folder is read by other users)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _left_by_dead_process(tmp: Path) -> bool:
+    """Whether ``tmp`` (named by :func:`_prefix`) belongs to a process of this host that is gone."""
+    owner = tmp.name.removesuffix(".tmp").rpartition(".")[0]  # drop the random part
+    where, _, pid = owner.rpartition("-")
+    if not pid.isdigit() or not where.endswith(f".{socket.gethostname()}"):
+        return False
+    return not _running(int(pid))
+
+
+def remove_stale_temps(folder: Path, target_glob: str) -> list[Path]:
+    """Remove the temporaries in ``folder``, beside targets matching ``target_glob``, that
+    processes of this host left when they were killed; returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".{target_glob}.*.tmp"):
+        if not _left_by_dead_process(tmp):
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        log.info("removed %s, left by a process that no longer runs", tmp)
+        removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
 def temp_beside(target: Path) -> Iterator[tuple[int, Path]]:
     """An open descriptor and path of a new hidden file beside ``target``, with the
-    permissions ``open()`` would give it (``mkstemp`` makes it private); removed on exit unless
-    it was renamed into place."""
+    permissions ``open()`` would give it; removed on exit unless it was renamed into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    remove_stale_temps(target.parent, glob.escape(target.name))
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_prefix(target), suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, _default_mode(0o666))
         yield fd, Path(tmp)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def temp_dir_beside(target: Path) -> Iterator[Path]:
+    """A new hidden folder beside ``target``, with the permissions ``mkdir()`` would give it;
+    removed with its contents on exit unless it was renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target.parent, glob.escape(target.name))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_prefix(target), suffix=".tmp"))
+    try:
+        tmp.chmod(_default_mode(0o777))
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(src: Path, target: Path) -> None:
+    """Put the folder ``src`` at ``target`` (same file system), replacing a folder there.
+
+    Two renames: the old folder moves into an empty temporary beside it (a folder may be
+    renamed onto an empty one), ``src`` takes its place, then the old one is deleted. Only a
+    crash between the two renames, a matter of microseconds, leaves no folder at ``target``.
+    """
+    if not target.exists():
+        os.replace(src, target)
+        return
+    with temp_dir_beside(target) as old:
+        os.replace(target, old)
+        os.replace(src, target)

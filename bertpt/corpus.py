@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import codecs
 import hashlib
+import io
 import logging
 import os
 import re
@@ -42,6 +43,8 @@ FORMATS = ("auto", "bert", "lines", "files", "datasets")
 Source = str | os.PathLike | Iterable[str | os.PathLike]
 
 _SNIFF_BYTES = 1 << 16
+WINDOW_CHARS = 1 << 16  # text segmented at once; a window's work is bounded (split_sentences)
+PROGRESS_DELAY_S = 5.0  # a pass over the corpus shows a progress bar once it takes this long
 
 
 class CorpusError(UserError):
@@ -80,25 +83,70 @@ def _check_text_file(path: Path) -> None:
         )
 
 
-def _text_lines(path: Path) -> Iterator[str]:
-    """Lines of a text file without line endings; ``\\r\\n`` and ``\\r`` are handled."""
+class _Counted(io.RawIOBase):
+    """A binary file that advances a progress bar by the bytes read from it."""
+
+    def __init__(self, f: io.RawIOBase, bar: tqdm) -> None:
+        self._f, self._bar = f, bar
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int | None:
+        n = self._f.readinto(buffer)
+        self._bar.update(n or 0)
+        return n
+
+
+def _text_lines(path: Path, bar: tqdm | None = None) -> Iterator[str]:
+    """Lines of a text file without line endings; ``\\r\\n`` and ``\\r`` are handled.
+    ``bar`` advances by the bytes read."""
     _check_text_file(path)
     counter = _BadByteCounter()
     name = f"bertpt-count-{id(counter)}"
     codecs.register_error(name, counter)
-    with open(path, encoding="utf-8", errors=name, newline=None) as f:
-        for line in f:
-            yield line.rstrip("\n")
+    # What open(path, encoding=...) builds, with the byte counter under the buffer.
+    with open(path, "rb", buffering=0) as raw:
+        buffered = io.BufferedReader(
+            raw if bar is None else _Counted(raw, bar), buffer_size=1 << 20
+        )
+        with io.TextIOWrapper(buffered, encoding="utf-8", errors=name, newline=None) as f:
+            for line in f:
+                yield line.rstrip("\n")
     if counter.count:
         log.warning("%s: replaced %d invalid UTF-8 byte(s) with U+FFFD", path, counter.count)
 
 
+def _window_end(text: str, start: int, size: int) -> int:
+    """Where a window of about ``size`` characters from ``start`` ends: at the last space in
+    it, so no word is cut, or after ``size`` characters in text without spaces."""
+    if start + size >= len(text):
+        return len(text)
+    space = text.rfind(" ", start + 1, start + size)
+    return space if space > 0 else start + size
+
+
 def split_sentences(text: str, language: str = "en") -> list[str]:
-    """Split running text into sentences; whitespace runs (newlines included) become one space."""
+    """Split running text into sentences; whitespace runs (newlines included) become one space.
+
+    sentencex's time grows faster than the text (quotes and brackets are matched across all of
+    it: a 4 MB line takes seconds, 20 MB minutes), so text is segmented one window of
+    ``WINDOW_CHARS`` at a time: linear in its length. The last sentence of a window starts the
+    next one, so a window boundary splits no sentence shorter than a window.
+    """
     text = " ".join(text.split())
-    if not text:
-        return []
-    return [s for s in (s.strip() for s in segment(language, text)) if s]
+    sentences: list[str] = []
+    carry, start = "", 0  # segments concatenate to their input: carry + text[start:] is the rest
+    while start < len(text):
+        end = _window_end(text, start, WINDOW_CHARS)
+        segments = list(segment(language, carry + text[start:end]))
+        carry = segments.pop() if end < len(text) else ""
+        if len(carry) >= WINDOW_CHARS:  # a run-on "sentence": bound the work, cut it here
+            segments.append(carry)
+            carry = ""
+        sentences += segments
+        start = end
+    return [s for s in (s.strip() for s in sentences) if s]
 
 
 def _sniff_format(path: Path) -> str:
@@ -131,9 +179,9 @@ def _txt_files(folder: Path) -> list[Path]:
     return files
 
 
-def _bert_documents(path: Path) -> Iterator[list[str]]:
+def _bert_documents(path: Path, bar: tqdm | None = None) -> Iterator[list[str]]:
     doc: list[str] = []
-    for line in _text_lines(path):
+    for line in _text_lines(path, bar):
         line = line.strip()
         if line:
             doc.append(line)
@@ -144,16 +192,22 @@ def _bert_documents(path: Path) -> Iterator[list[str]]:
         yield doc
 
 
-def _line_documents(path: Path, language: str) -> Iterator[list[str]]:
-    for line in _text_lines(path):
+def _line_documents(path: Path, language: str, bar: tqdm | None = None) -> Iterator[list[str]]:
+    for line in _text_lines(path, bar):
         if doc := split_sentences(line, language):
             yield doc
 
 
-def _file_documents(files: list[Path], language: str) -> Iterator[list[str]]:
-    for path in files:
-        if doc := split_sentences("\n".join(_text_lines(path)), language):
-            yield doc
+def _path_documents(
+    fmt: str, path: Path, language: str, bar: tqdm | None = None
+) -> Iterator[list[str]]:
+    """The documents of one text file in format ``fmt`` (``files``: the whole file is one)."""
+    if fmt == "bert":
+        yield from _bert_documents(path, bar)
+    elif fmt == "lines":
+        yield from _line_documents(path, language, bar)
+    elif doc := split_sentences("\n".join(_text_lines(path, bar)), language):
+        yield doc
 
 
 def _load_dataset(name: str, split: str):
@@ -176,7 +230,7 @@ def _dataset_documents(name: str, text_column: str, split: str, language: str):
             f"dataset {name} has no column {text_column!r} (it has {columns}): "
             "set data.text_column to one of them"
         )
-    for row in ds:
+    for row in tqdm(ds, desc=f"reading {name}", unit="doc", delay=PROGRESS_DELAY_S):
         if doc := split_sentences(row[text_column] or "", language):
             yield doc
 
@@ -205,33 +259,38 @@ def read_documents(
     split: str = "train",
     language: str = "en",
 ) -> Iterator[list[str]]:
-    """Stream the documents of ``source`` (a path, a list of paths, or a datasets name)."""
+    """Stream the documents of ``source`` (a path, a list of paths, or a datasets name).
+
+    A progress bar (stderr) appears when the pass takes longer than ``PROGRESS_DELAY_S``.
+    """
     resolved = [_resolve(item, format) for item in _expand(source)]
-    for fmt, item in resolved:
-        if fmt == "datasets":
-            yield from _dataset_documents(str(item), text_column, split, language)
-        elif fmt == "files" or Path(item).is_dir():
-            files = _txt_files(Path(item)) if Path(item).is_dir() else [Path(item)]
-            if fmt == "files":
-                yield from _file_documents(files, language)
-            else:
-                for f in files:
-                    yield from (
-                        _bert_documents(f) if fmt == "bert" else _line_documents(f, language)
-                    )
-        elif fmt == "bert":
-            yield from _bert_documents(Path(item))
-        else:
-            yield from _line_documents(Path(item), language)
+    files = {i: _item_files(item) for i, (fmt, item) in enumerate(resolved) if fmt != "datasets"}
+    size = sum(f.stat().st_size for fs in files.values() for f in fs)
+    bar = tqdm(
+        total=size,
+        desc="reading corpus",
+        unit="B",
+        unit_scale=True,
+        delay=PROGRESS_DELAY_S,
+        disable=not files,
+    )
+    with bar:
+        for i, (fmt, item) in enumerate(resolved):
+            if fmt == "datasets":
+                yield from _dataset_documents(str(item), text_column, split, language)
+            for path in files.get(i, []):
+                yield from _path_documents(fmt, path, language, bar)
+
+
+def _item_files(item: Path | str) -> list[Path]:
+    """The text files of one resolved source item: itself, or a folder's ``.txt`` files."""
+    return _txt_files(Path(item)) if Path(item).is_dir() else [Path(item)]
 
 
 def corpus_files(source: Source, format: str = "auto") -> list[Path]:
     """The files behind ``source`` (empty for a datasets name)."""
-    files: list[Path] = []
-    for fmt, item in (_resolve(i, format) for i in _expand(source)):
-        if fmt != "datasets":
-            files += _txt_files(item) if Path(item).is_dir() else [Path(item)]
-    return files
+    resolved = (_resolve(i, format) for i in _expand(source))
+    return [f for fmt, item in resolved if fmt != "datasets" for f in _item_files(item)]
 
 
 def check_corpus(source: Source, format: str = "auto", text_column: str = "text") -> None:
@@ -264,7 +323,7 @@ def corpus_fingerprint(source: Source, format: str = "auto", text_column: str = 
         if fmt == "datasets":
             h.update(f"datasets:{item}".encode())
             continue
-        for f in _txt_files(item) if Path(item).is_dir() else [Path(item)]:
+        for f in _item_files(item):
             st = f.stat()
             h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]

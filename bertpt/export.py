@@ -1,15 +1,24 @@
 """Export a bertpt checkpoint as a Hugging Face BERT folder.
 
-    python -m bertpt.export SOURCE OUT_DIR [--tokenizer DIR] [--config config.json]
+    python -m bertpt.export SOURCE OUT_DIR [--tokenizer DIR | --no-tokenizer] [--config FILE]
+                            [--allow-tokenizer-mismatch] [--overwrite]
 
 SOURCE is one of:
-  * a run folder holding `checkpoints/last.ckpt` (its `tokenizer/` folder is used if present);
+  * a run folder holding `checkpoints/last.ckpt`;
   * a Lightning checkpoint `.ckpt`: its `state_dict` holds the model under the prefix `model.` and
-    `hyper_parameters["model_config"]` the BertConfig fields (`["tokenizer_dir"]` may name the
-    tokenizer). A `.ckpt` is a full pickle (optimizer state, Python objects), so it is loaded with
-    `weights_only=False`: export only checkpoints you trust;
+    `hyper_parameters["model_config"]` the BertConfig fields. It is loaded as data only
+    (`torch.load(weights_only=True)`): a file that would run code is refused;
   * a state dict (`.safetensors`, `.pt`, `.bin`, loaded as tensors only) with `config.json` beside
     it or given by `--config` (bertpt's fields or a Hugging Face BERT config.json).
+
+The tokenizer copied into OUT_DIR is `--tokenizer`, else the run folder's `tokenizer/` (for
+`RUN/checkpoints/x.ckpt`, `RUN/tokenizer/`), else the checkpoint's `tokenizer_dir`; finding none
+is an error unless `--no-tokenizer`. A checkpoint that records `tokenizer_hash` (the sha256 of its
+`tokenizer.json`) refuses any other tokenizer unless `--allow-tokenizer-mismatch`.
+
+OUT_DIR is replaced as a whole (no file of an older export survives; a failure leaves it as it
+was); a non-empty folder that is not an export is refused unless `--overwrite`.
+`bertpt_export.json` in it records the source, the step and the tokenizer hash.
 """
 
 from __future__ import annotations
@@ -17,46 +26,62 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from bertpt.hf import config_from_hf_dict, load_into, read_state_dict, to_hf
+from bertpt.errors import EXIT_USER_ERROR, UserError
+from bertpt.hf import (
+    _sha256_file,
+    check_out_dir,
+    config_from_hf_dict,
+    load_checkpoint_file,
+    load_into,
+    read_state_dict,
+    to_hf,
+)
 from bertpt.model import BertConfig, BertForPreTraining
 
 log = logging.getLogger(__name__)
 
 MODEL_PREFIX = "model."  # attribute name of the BertForPreTraining in the LightningModule
+LAST = Path("checkpoints") / "last.ckpt"
 
 
 def _config_from_json(path: Path) -> BertConfig:
     if not path.is_file():
-        raise ValueError(f"{path} not found: pass the model's config.json with --config")
-    d = json.loads(path.read_text())
-    if "model_type" in d:  # a Hugging Face config.json
-        return config_from_hf_dict(d)
-    d.pop("init_from", None)
-    return BertConfig.from_dict(d)
-
-
-def _load_ckpt(path: Path) -> tuple[BertForPreTraining, str | None]:
+        raise UserError(f"{path} not found — pass the model's config.json with --config")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # trusted: see module doc
-    except Exception as e:  # a truncated or foreign file fails in many ways inside pickle
-        raise ValueError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict):
-        raise ValueError(
-            f"{path}: expected a Lightning checkpoint dict, found {type(ckpt).__name__}"
-        )
+        d = json.loads(path.read_text())
+        if "model_type" in d:  # a Hugging Face config.json
+            return config_from_hf_dict(d)
+        d.pop("init_from", None)
+        return BertConfig.from_dict(d)
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: {e} — pass the model's config.json with --config") from e
+
+
+def _load_ckpt(path: Path) -> tuple[BertForPreTraining, dict[str, Any]]:
+    """The model of a bertpt Lightning checkpoint, and its `hyper_parameters` + `global_step`."""
+    ckpt = load_checkpoint_file(path)
     hparams = ckpt.get("hyper_parameters") or {}
     if "model_config" not in hparams or "state_dict" not in ckpt:
-        raise ValueError(
-            f"{path}: not a bertpt Lightning checkpoint (needs state_dict and "
-            "hyper_parameters['model_config'])"
+        raise UserError(
+            f"{path} is not a bertpt Lightning checkpoint (it lacks state_dict or "
+            "hyper_parameters['model_config']) — pass a .ckpt from a bertpt run, or a state dict "
+            "with --config"
         )
     model_config = dict(hparams["model_config"])
     model_config.pop("init_from", None)
-    model = BertForPreTraining(BertConfig.from_dict(model_config))
+    try:
+        config = BertConfig.from_dict(model_config)
+    except (TypeError, ValueError) as e:
+        raise UserError(
+            f"{path}: hyper_parameters['model_config'] does not fit this bertpt ({e}) — export "
+            "it with the bertpt version that wrote it"
+        ) from e
+    model = BertForPreTraining(config)
     # torch.compile wraps the model as `_orig_mod`; the weights are the same.
     sd = {
         k[len(MODEL_PREFIX) :].replace("_orig_mod.", ""): v
@@ -64,9 +89,63 @@ def _load_ckpt(path: Path) -> tuple[BertForPreTraining, str | None]:
         if k.startswith(MODEL_PREFIX)
     }
     if not sd:
-        raise ValueError(f"{path}: no key in state_dict starts with {MODEL_PREFIX!r}")
+        raise UserError(
+            f"{path}: no key in state_dict starts with {MODEL_PREFIX!r} — not a bertpt "
+            "checkpoint: pass a .ckpt from a bertpt run"
+        )
     load_into(model, sd, str(path))
-    return model, hparams.get("tokenizer_dir")
+    return model, {**hparams, "global_step": ckpt.get("global_step")}
+
+
+def _load_state_dict(path: Path, config_path: str | Path | None) -> BertForPreTraining:
+    model = BertForPreTraining(_config_from_json(Path(config_path or path.parent / "config.json")))
+    load_into(model, read_state_dict(path), str(path))
+    return model
+
+
+def _run_folder(source: Path) -> Path | None:
+    """The run folder that a source belongs to: itself, or RUN for RUN/checkpoints/x.ckpt."""
+    if source.is_dir():
+        return source
+    return source.parent.parent if source.parent.name == "checkpoints" else None
+
+
+def _find_tokenizer(
+    source: Path, explicit: str | Path | None, run: Path | None, recorded: str | None
+) -> Path:
+    """The tokenizer folder to export: --tokenizer, the run's copy, or the recorded path."""
+    if explicit is not None:
+        if not Path(explicit).is_dir():
+            raise UserError(f"tokenizer folder {explicit} not found — check --tokenizer")
+        return Path(explicit)
+    if run is not None and (run / "tokenizer").is_dir():
+        return run / "tokenizer"
+    if recorded and Path(recorded).is_dir():
+        # Relative in checkpoints written before runs kept a copy: it names a folder only
+        # when exporting from the folder training ran in.
+        log.info("tokenizer: %s, recorded in the checkpoint", Path(recorded).resolve())
+        return Path(recorded).resolve()
+    looked = [str(p) for p in (run and run / "tokenizer", recorded) if p]
+    where = f" (not in {' nor '.join(looked)})" if looked else ""
+    raise UserError(
+        f"no tokenizer found for {source}{where} — pass --tokenizer DIR, or --no-tokenizer to "
+        "export the model alone"
+    )
+
+
+def _check_tokenizer_hash(tokenizer: Path, expected: str, allow_mismatch: bool) -> None:
+    file = tokenizer / "tokenizer.json"
+    found = _sha256_file(file) if file.is_file() else "none (no tokenizer.json)"
+    if found == expected:
+        return
+    msg = (
+        f"tokenizer {tokenizer} has sha256 {found} but the checkpoint was trained with "
+        f"{expected} — pass that tokenizer with --tokenizer DIR, or --allow-tokenizer-mismatch "
+        "to export with this one anyway"
+    )
+    if not allow_mismatch:
+        raise UserError(msg)
+    log.warning("%s (allowed)", msg)
 
 
 def export(
@@ -74,34 +153,38 @@ def export(
     out_dir: str | Path,
     tokenizer_dir: str | Path | None = None,
     config_path: str | Path | None = None,
+    *,
+    no_tokenizer: bool = False,
+    allow_tokenizer_mismatch: bool = False,
+    overwrite: bool = False,
 ) -> Path:
-    """Write `out_dir` (config.json, model.safetensors, tokenizer files) from `source`."""
-    source = Path(source)
-    default_tokenizer = None
+    """Write `out_dir` (config.json, model.safetensors, tokenizer files, bertpt_export.json)
+    from `source`; see the module doc for how the tokenizer is found. Raises UserError."""
+    source, out = Path(source), Path(out_dir)
+    run = _run_folder(source)
     if source.is_dir():
-        ckpt = source / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            raise ValueError(f"{source} is a folder without checkpoints/last.ckpt")
-        if (source / "tokenizer").is_dir():
-            default_tokenizer = source / "tokenizer"
-        source = ckpt
+        if not (source / LAST).is_file():
+            raise UserError(f"{source} is a folder without {LAST} — pass a run folder or a .ckpt")
+        source = source / LAST
     if not source.is_file():
-        raise ValueError(f"{source} not found")
+        raise UserError(f"{source} not found — check the path")
+    if source.resolve().is_relative_to(out.resolve()):
+        raise UserError(
+            f"{out} holds {source}, which the export would delete — choose another folder"
+        )
+    check_out_dir(out, overwrite)  # before the long work of loading
     if source.suffix == ".ckpt":
-        model, ckpt_tokenizer = _load_ckpt(source)
-        default_tokenizer = default_tokenizer or ckpt_tokenizer
+        model, hparams = _load_ckpt(source)
     else:
-        config = _config_from_json(Path(config_path or source.parent / "config.json"))
-        model = BertForPreTraining(config)
-        load_into(model, read_state_dict(source), str(source))
-    if tokenizer_dir is None and default_tokenizer is not None:
-        if Path(default_tokenizer).is_dir():
-            tokenizer_dir = default_tokenizer
-        else:
-            log.warning("tokenizer folder %s not found: exporting without it", default_tokenizer)
-    if tokenizer_dir is None:
-        log.warning("no tokenizer given: %s will hold the model only", out_dir)
-    return to_hf(model, out_dir, tokenizer_dir)
+        model, hparams = _load_state_dict(source, config_path), {}
+
+    tokenizer = None
+    if not no_tokenizer:
+        tokenizer = _find_tokenizer(source, tokenizer_dir, run, hparams.get("tokenizer_dir"))
+        if hparams.get("tokenizer_hash"):
+            _check_tokenizer_hash(tokenizer, hparams["tokenizer_hash"], allow_tokenizer_mismatch)
+    info = {"source": str(source.resolve()), "global_step": hparams.get("global_step")}
+    return to_hf(model, out, tokenizer, info=info, overwrite=overwrite)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,12 +195,36 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", help="run folder, Lightning .ckpt, or .safetensors/.pt/.bin")
-    parser.add_argument("out_dir", help="folder to write (created if needed)")
-    parser.add_argument("--tokenizer", help="tokenizer folder to copy (default: the run's own)")
+    parser.add_argument("out_dir", help="folder to write (created, or replaced as a whole)")
+    tok = parser.add_mutually_exclusive_group()
+    tok.add_argument("--tokenizer", help="tokenizer folder to copy (default: the run's own)")
+    tok.add_argument("--no-tokenizer", action="store_true", help="export the model alone")
     parser.add_argument("--config", help="config.json of a bare state dict (default: beside it)")
+    parser.add_argument(
+        "--allow-tokenizer-mismatch",
+        action="store_true",
+        help="export with a tokenizer whose hash differs from the checkpoint's",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace OUT_DIR even if it is not an export"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    out = export(args.source, args.out_dir, args.tokenizer, args.config)
+    try:
+        out = export(
+            args.source,
+            args.out_dir,
+            args.tokenizer,
+            args.config,
+            no_tokenizer=args.no_tokenizer,
+            allow_tokenizer_mismatch=args.allow_tokenizer_mismatch,
+            overwrite=args.overwrite,
+        )
+    except UserError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the project's switch for tracebacks
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
     print(f"wrote {out}")
 
 

@@ -10,16 +10,23 @@ freshly initialised. Checkpoints from older `transformers` and the original TF c
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import pickle
+import re
 import shutil
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from bertpt.atomic import replace_dir, temp_dir_beside
+from bertpt.errors import UserError
 from bertpt.model import BertConfig, BertForPreTraining
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,8 @@ TIED = {
     "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
     "cls.predictions.decoder.bias": "cls.predictions.bias",
 }
+# bertpt's own record of an export (source, step, tokenizer hash); config.json stays HF's.
+EXPORT_INFO = "bertpt_export.json"
 HF_FIELDS = tuple(
     f.name for f in dataclasses.fields(BertConfig) if f.name != "gradient_checkpointing"
 )
@@ -47,18 +56,18 @@ HF_FIELDS = tuple(
 def config_from_hf_dict(d: Mapping) -> BertConfig:
     """BertConfig from a HF `config.json` dict; keys bertpt has no use for are ignored."""
     if d.get("model_type", "bert") != "bert":
-        raise ValueError(
-            f"model_type is {d['model_type']!r}, not 'bert': bertpt loads BERT checkpoints only"
+        raise UserError(
+            f"model_type is {d['model_type']!r}, not 'bert' — bertpt loads BERT checkpoints only"
         )
     if d.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(
-            f"position_embedding_type {d['position_embedding_type']!r} is not supported: "
+        raise UserError(
+            f"position_embedding_type {d['position_embedding_type']!r} is not supported — "
             "bertpt implements absolute position embeddings only"
         )
     if d.get("tie_word_embeddings", True) is False:
-        raise ValueError(
-            "tie_word_embeddings is false: bertpt always ties the MLM decoder to the word "
-            "embeddings"
+        raise UserError(
+            "tie_word_embeddings is false — bertpt always ties the MLM decoder to the word "
+            "embeddings, so it cannot load this model"
         )
     return BertConfig(**{k: d[k] for k in HF_FIELDS if d.get(k) is not None})
 
@@ -75,6 +84,55 @@ def hf_config_dict(config: BertConfig) -> dict:
     }
 
 
+def _reason(e: BaseException) -> str:
+    """The exception's type and first line, for a one-line message."""
+    lines = str(e).strip().splitlines()
+    # torch's weights-only text advises weights_only=False: no fix for a broken file.
+    if not lines or isinstance(e, pickle.UnpicklingError):
+        return type(e).__name__
+    return f"{type(e).__name__}: {lines[0]}"
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load`` that never runs code from the file (``weights_only``); a zip checkpoint is
+    memory-mapped, so tensors that the caller drops (optimizer state) are never read."""
+    try:
+        return torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    except Exception as e:  # a truncated or foreign file fails in many ways inside pickle
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if isinstance(e, pickle.UnpicklingError) and refused:
+            raise UserError(
+                f"{path} holds the Python object {refused.group(1)}, not only tensors and plain "
+                "data, and bertpt never runs code from a checkpoint — export a checkpoint that "
+                "bertpt wrote, or, if you trust this file, save its state_dict alone with "
+                "torch.save and export that"
+            ) from e
+        raise UserError(
+            f"{path} cannot be read ({_reason(e)}) — it is truncated or not a torch "
+            "checkpoint: copy it again or use another checkpoint"
+        ) from e
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """The dict that ``torch.save`` wrote at ``path``, loaded without running code from it.
+
+    Raises :class:`UserError` (one line naming the file) when the file is missing, truncated,
+    not a torch checkpoint, not a dict, or holds Python objects beyond tensors and plain data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found — check the path")
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict):
+        raise UserError(
+            f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict — pass a .ckpt "
+            "that bertpt wrote"
+        )
+    return ckpt
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a `.safetensors`, a `.safetensors.index.json` (shards) or a torch `.bin`/`.pt`."""
     path = Path(path)
@@ -84,12 +142,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return {k: v for s in shards for k, v in read_state_dict(path.parent / s).items()}
         if path.suffix == ".safetensors":
             return load_file(path)
-        # weights_only: a weights file is data, never code to execute.
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, SafetensorError, RuntimeError, KeyError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from e
+    except (OSError, SafetensorError, KeyError, ValueError) as e:
+        raise UserError(
+            f"{path} cannot be read as weights ({_reason(e)}) — it is truncated or not a "
+            "weights file: copy it again"
+        ) from e
+    sd = _torch_load(path)
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: expected a dict of tensors, found {type(sd).__name__}")
+        raise UserError(
+            f"{path} holds a {type(sd).__name__}, not a dict of tensors — pass a state dict"
+        )
     return sd
 
 
@@ -112,8 +174,8 @@ def normalize_state_dict(sd: Mapping[str, torch.Tensor], source: str) -> dict[st
         elif key not in out and alias in out:
             out[key] = out[alias]
         elif alias in out and not torch.equal(out[alias], out[key]):
-            raise ValueError(
-                f"{source}: {alias} differs from {key}; bertpt ties them, so an untied "
+            raise UserError(
+                f"{source}: {alias} differs from {key} — bertpt ties them, so an untied "
                 "checkpoint cannot be loaded without changing its predictions"
             )
     return out
@@ -130,22 +192,23 @@ def load_into(
     expected = model.state_dict()
     unexpected = sorted(set(sd) - set(expected))
     if unexpected and not allow_unexpected:
-        raise ValueError(
-            f"{source}: {len(unexpected)} unexpected keys, e.g. {unexpected[:3]}: "
-            "not a BERT checkpoint of this config (pass allow_unexpected=True to ignore them)"
+        raise UserError(
+            f"{source}: {len(unexpected)} unexpected keys, e.g. {unexpected[:3]} — not a BERT "
+            "checkpoint of this config (pass allow_unexpected=True to ignore them)"
         )
     missing = sorted(set(expected) - set(sd))
     body = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
     if body:
-        raise ValueError(
-            f"{source}: {len(body)} encoder keys missing, e.g. {body[:3]}: the file does not "
-            "match config.json (number of layers?) or is incomplete"
+        raise UserError(
+            f"{source}: {len(body)} encoder keys missing, e.g. {body[:3]} — the weights do not "
+            "match the config (number of layers?) or are incomplete"
         )
     for k, v in sd.items():
         if k in expected and v.shape != expected[k].shape:
-            raise ValueError(
+            raise UserError(
                 f"{source}: {k} has shape {tuple(v.shape)} but the config expects "
-                f"{tuple(expected[k].shape)}: config.json disagrees with the weights"
+                f"{tuple(expected[k].shape)} — the config disagrees with the weights: pass the "
+                "config they were trained with"
             )
     model.load_state_dict({k: v for k, v in sd.items() if k in expected}, strict=False)
     fresh = sorted({".".join(k.split(".")[:2]) for k in missing})
@@ -161,14 +224,14 @@ def from_hf(path: str | Path, allow_unexpected: bool = False) -> BertForPreTrain
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ValueError(f"{config_file} not found: expected a Hugging Face BERT folder")
+        raise UserError(f"{config_file} not found — pass a Hugging Face BERT folder")
     try:
         config = config_from_hf_dict(json.loads(config_file.read_text()))
     except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise ValueError(f"{config_file}: {e}") from e
+        raise UserError(f"{config_file}: {e}") from e
     weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
     if weights is None:
-        raise ValueError(f"{path} holds none of {list(WEIGHT_FILES)}")
+        raise UserError(f"{path} holds none of {list(WEIGHT_FILES)} — pass a folder with weights")
     model = BertForPreTraining(config)
     load_into(model, read_state_dict(weights), str(weights), allow_unexpected)
     return model
@@ -179,28 +242,71 @@ def copy_tokenizer(tokenizer_dir: str | Path, out_dir: str | Path) -> list[str]:
     tokenizer_dir = Path(tokenizer_dir)
     found = [f for f in TOKENIZER_FILES if (tokenizer_dir / f).is_file()]
     if not found:
-        raise ValueError(
-            f"{tokenizer_dir} holds none of the tokenizer files {list(TOKENIZER_FILES)}"
+        raise UserError(
+            f"{tokenizer_dir} holds none of the tokenizer files {list(TOKENIZER_FILES)} — "
+            "pass the tokenizer folder the model was trained with"
         )
     for f in found:
         shutil.copyfile(tokenizer_dir / f, Path(out_dir) / f)
     return found
 
 
+def _sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes (a tokenizer's identity: its ``tokenizer.json``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_out_dir(out: str | Path, overwrite: bool = False) -> None:
+    """Raise UserError unless ``out`` may take an export: a new or empty folder, a previous
+    export, or anything else with ``overwrite`` (a typo must not cost someone's data)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file — choose a folder path for the export")
+    if overwrite or not out.is_dir() or not any(out.iterdir()):
+        return
+    if not all((out / f).is_file() for f in ("config.json", "model.safetensors")):
+        raise UserError(
+            f"{out} is a non-empty folder that is not an export (no config.json and "
+            "model.safetensors) — choose another folder, or pass --overwrite (overwrite=True) "
+            "to replace it and everything in it"
+        )
+
+
 def to_hf(
-    model: BertForPreTraining, out_dir: str | Path, tokenizer_dir: str | Path | None = None
+    model: BertForPreTraining,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    *,
+    info: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write a folder that `transformers.BertForPreTraining.from_pretrained` loads unchanged."""
+    """Write a folder that `transformers.BertForPreTraining.from_pretrained` loads unchanged.
+
+    ``bertpt_export.json`` beside it records ``info`` (source, step) and the sha256 of the
+    copied ``tokenizer.json``. The folder is written beside ``out_dir`` and then swapped into
+    place: no file of an older export survives, and a failure leaves the old folder as it was.
+    A non-empty ``out_dir`` that is not an export is refused unless ``overwrite``.
+    """
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out, overwrite)
     sd = {
         k: v.detach().to("cpu").contiguous()
         for k, v in model.state_dict().items()
         if k not in TIED  # HF re-ties them on load
     }
-    save_file(sd, out / "model.safetensors", metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(hf_config_dict(model.config), indent=2) + "\n")
-    if tokenizer_dir is not None:
-        copy_tokenizer(tokenizer_dir, out)
+    with temp_dir_beside(out) as tmp:
+        save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(model.config), indent=2) + "\n")
+        copied = copy_tokenizer(tokenizer_dir, tmp) if tokenizer_dir is not None else []
+        tokenizer_hash = (
+            _sha256_file(tmp / "tokenizer.json") if "tokenizer.json" in copied else None
+        )
+        record = {**(info or {}), "tokenizer_hash": tokenizer_hash}
+        (tmp / EXPORT_INFO).write_text(json.dumps(record, indent=2) + "\n")
+        replace_dir(tmp, out)
     return out

@@ -21,13 +21,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from bertpt.atomic import remove_stale_temps, temp_dir_beside
 from bertpt.corpus import corpus_fingerprint, read_documents
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,55 @@ def _tokenize_batch(batch: dict, tokenizer_path: str) -> dict:
     return {"sentences": out}
 
 
+def _build_into(
+    tmp: Path,
+    source,
+    tokenizer_dir: str | os.PathLike,
+    key: str,
+    format: str,
+    text_column: str,
+    num_proc: int,
+    batch_size: int,
+) -> None:
+    """Read and tokenize ``source`` into the empty folder ``tmp``; ``store.json`` comes last."""
+    import datasets
+
+    raw = datasets.Dataset.from_generator(
+        _gen_documents,
+        features=datasets.Features({"text": _list(datasets.Value("string"))}),
+        gen_kwargs={"source": source, "format": format, "text_column": text_column},
+        # from_generator caches by the generator's hash, blind to file changes: a fresh
+        # cache_dir per build forbids reusing a stale one.
+        cache_dir=str(tmp / "raw"),
+    )
+    n_raw = len(raw)
+    tokenized = raw.map(
+        _tokenize_batch,
+        batched=True,
+        batch_size=batch_size,
+        num_proc=num_proc if num_proc > 1 else None,
+        remove_columns=["text"],
+        features=_features(),
+        fn_kwargs={"tokenizer_path": str(tokenizer_file(tokenizer_dir).resolve())},
+        cache_file_name=str(tmp / "tokens.arrow"),
+        new_fingerprint=f"tok-{key}",
+        desc="Tokenizing documents",
+    )
+    n_docs = len(tokenized)
+    del raw, tokenized
+    shutil.rmtree(tmp / "raw", ignore_errors=True)
+    meta = {
+        "version": STORE_VERSION,
+        "source": [str(s) for s in ([source] if isinstance(source, str | os.PathLike) else source)],
+        "tokenizer": str(Path(tokenizer_dir).resolve()),
+        "format": format,
+        "text_column": text_column,
+        "raw_documents": n_raw,
+        "documents": n_docs,
+    }
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def build_store(
     source,
     tokenizer_dir: str | os.PathLike,
@@ -263,9 +312,8 @@ def build_store(
 
     The build writes into a temporary folder beside the target and renames it when complete, so
     an interrupted build is never reused and concurrent builders do not see each other's files.
+    The temporary folders that killed builds left in ``cache_dir`` are removed first.
     """
-    import datasets
-
     key = store_key(source, tokenizer_dir, format, text_column)
     cache = Path(cache_dir).expanduser()
     target = cache / f"store-{key}"
@@ -273,53 +321,15 @@ def build_store(
         log.info("document store cache hit: %s", target)
         return DocumentStore.load(target)
 
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".store-{key}-", dir=cache))
-    try:
-        raw = datasets.Dataset.from_generator(
-            _gen_documents,
-            features=datasets.Features({"text": _list(datasets.Value("string"))}),
-            gen_kwargs={"source": source, "format": format, "text_column": text_column},
-            # from_generator caches by the generator's hash, blind to file changes: a fresh
-            # cache_dir per build forbids reusing a stale one.
-            cache_dir=str(tmp / "raw"),
-        )
-        n_raw = len(raw)
-        tokenized = raw.map(
-            _tokenize_batch,
-            batched=True,
-            batch_size=batch_size,
-            num_proc=num_proc if num_proc > 1 else None,
-            remove_columns=["text"],
-            features=_features(),
-            fn_kwargs={"tokenizer_path": str(tokenizer_file(tokenizer_dir).resolve())},
-            cache_file_name=str(tmp / "tokens.arrow"),
-            new_fingerprint=f"tok-{key}",
-            desc="Tokenizing documents",
-        )
-        n_docs = len(tokenized)
-        del raw, tokenized
-        shutil.rmtree(tmp / "raw", ignore_errors=True)
-        meta = {
-            "version": STORE_VERSION,
-            "source": [
-                str(s) for s in ([source] if isinstance(source, str | os.PathLike) else source)
-            ],
-            "tokenizer": str(Path(tokenizer_dir).resolve()),
-            "format": format,
-            "text_column": text_column,
-            "raw_documents": n_raw,
-            "documents": n_docs,
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache is read by other users
+    # Any key: a build killed before the corpus or the tokenizer changed left one as well.
+    remove_stale_temps(cache, "store-*")
+    with temp_dir_beside(target) as tmp:
+        _build_into(tmp, source, tokenizer_dir, key, format, text_column, num_proc, batch_size)
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished the same build first
             if not (target / META_FILE).exists():
                 raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     store = DocumentStore.load(target)
     if len(store) == 0:
         raise ValueError(f"corpus {source} yields no tokens: it is empty or holds only whitespace")

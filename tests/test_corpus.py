@@ -1,8 +1,14 @@
 import logging
+import socket
+import subprocess
+import sys
+import time
 
 import datasets
 import pytest
+from sentencex import segment
 
+from bertpt import corpus
 from bertpt.corpus import (
     CorpusError,
     build_default_corpus,
@@ -143,7 +149,12 @@ def test_fingerprint_changes_with_content(tmp_path):
 
 
 def test_default_corpus_is_deterministic_real_english(default_corpus, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    killed_build = tmp_path / f".again.txt.{socket.gethostname()}-{dead.pid}.x.tmp"
+    killed_build.write_text("half a corpus")
     again = build_default_corpus(tmp_path / "again.txt")
+    assert not killed_build.exists()  # what a killed build left is removed by the next one
     assert again.read_bytes() == default_corpus.read_bytes()
     size = default_corpus.stat().st_size
     assert 1_000_000 < size < 20_000_000
@@ -176,3 +187,52 @@ def test_concurrent_default_corpus_builds(default_corpus, tmp_path):
     mtime = out.stat().st_mtime_ns
     build_default_corpus(out)
     assert out.stat().st_mtime_ns == mtime
+
+
+QUOTED = 'He said "it works" and left. The (small) dog barked at Mr. Brown\'s cat. Ça va bien! '
+
+
+def test_a_huge_line_is_read_in_linear_time(tmp_path):
+    """sentencex alone takes ~15x longer for 4x the text (it pairs quotes across all of it)."""
+
+    def seconds(n: int) -> float:
+        f = tmp_path / f"{n}.txt"
+        f.write_text(QUOTED * (n // len(QUOTED)) + "\nSecond doc. Two.\n", encoding="utf-8")
+        best = float("inf")
+        for _ in range(2):  # the better of two: the CPU is shared
+            start = time.perf_counter()
+            first, second = read_documents(f, format="lines")
+            best = min(best, time.perf_counter() - start)
+        assert len(first) == 3 * (n // len(QUOTED)) and second == ["Second doc.", "Two."]
+        assert first[:3] == [s.strip() for s in segment("en", QUOTED)]
+        return best
+
+    one, four = seconds(1_000_000), seconds(4_000_000)
+    assert four < 8 * one, (one, four)
+
+
+def test_long_text_gives_the_sentences_of_one_pass(default_corpus, monkeypatch):
+    # Real prose, one line of ~800 kB; quotes and brackets left out, since sentencex pairs them
+    # across the whole text (one stray apostrophe swallows the rest into one sentence).
+    lines = default_corpus.read_text(encoding="utf-8").splitlines()
+    prose = " ".join(s for s in lines if s and not set(s) & set("\"'`()[]{}"))
+    assert len(prose) > 500_000
+    one_pass = [s.strip() for s in segment("en", prose) if s.strip()]
+    assert split_sentences(prose) == one_pass
+    monkeypatch.setattr(corpus, "WINDOW_CHARS", 1000)  # every window boundary in a sentence
+    text = QUOTED * 2000
+    assert split_sentences(text) == [s.strip() for s in segment("en", text) if s.strip()]
+    no_spaces = "漢字かな交じり文" * 1000  # no space to cut at: cut between characters
+    assert "".join(split_sentences(no_spaces)) == no_spaces
+
+
+def test_progress_bar_on_slow_passes_only(tmp_path, monkeypatch, capsys):
+    f = tmp_path / "c.txt"
+    f.write_text(BERT_TEXT)
+    list(read_documents(f))
+    check_corpus(f)
+    assert capsys.readouterr().err == ""  # a quick pass stays quiet
+    monkeypatch.setattr(corpus, "PROGRESS_DELAY_S", 0)
+    list(read_documents([f, f]))
+    err = capsys.readouterr().err
+    assert "reading corpus" in err and f"{2 * f.stat().st_size}/{2 * f.stat().st_size}" in err

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 
+from bertpt.errors import UserError
 from bertpt.hf import config_from_hf_dict, from_hf, to_hf
 from bertpt.model import BertConfig, BertForPreTraining
 
@@ -56,8 +59,9 @@ def test_to_hf_loads_in_transformers_with_the_same_outputs(tmp_path, batch):
     (tok / "tokenizer_config.json").write_text("{}")
     out = to_hf(ours, tmp_path / "export", tokenizer_dir=tok)
 
-    files = ["config.json", "model.safetensors", "tokenizer_config.json", "vocab.txt"]
-    assert sorted(p.name for p in out.iterdir()) == files
+    files = ["bertpt_export.json", "config.json", "model.safetensors", "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [*files, "vocab.txt"]
+    assert json.loads((out / "bertpt_export.json").read_text()) == {"tokenizer_hash": None}
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["BertForPreTraining"] and config["model_type"] == "bert"
     assert "gradient_checkpointing" not in config and config["hidden_act"] == "gelu_new"
@@ -138,7 +142,7 @@ def hf_folder(tmp_path):
 
 def test_corrupt_weights_are_a_clear_error(hf_folder):
     (hf_folder / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match=r"model\.safetensors: cannot read weights"):
+    with pytest.raises(UserError, match=r"model\.safetensors cannot be read as weights"):
         from_hf(hf_folder)
 
 
@@ -181,3 +185,57 @@ def test_missing_tokenizer_files_are_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds none of the tokenizer files"):
         to_hf(model, tmp_path / "out", tokenizer_dir=tmp_path / "empty")
+
+
+def test_tokenizer_hash_is_recorded_beside_a_clean_config(tmp_path):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text('{"version": "1.0"}')
+    out = to_hf(BertForPreTraining(BertConfig(**KW)), tmp_path / "hf", tok, info={"step": 7})
+    digest = hashlib.sha256(b'{"version": "1.0"}').hexdigest()
+    assert json.loads((out / "bertpt_export.json").read_text()) == {
+        "step": 7,
+        "tokenizer_hash": digest,
+    }
+    assert digest not in (out / "config.json").read_text()
+
+
+def test_a_new_export_replaces_the_old_folder_whole(tmp_path):
+    out = to_hf(BertForPreTraining(BertConfig(**KW)), tmp_path / "hf")
+    (out / "pytorch_model.bin").write_bytes(b"weights of an older export")
+    to_hf(BertForPreTraining(BertConfig(**KW)), out)
+    assert not (out / "pytorch_model.bin").exists()  # transformers would have preferred it
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temporary folder left
+
+
+def test_a_failed_export_leaves_the_old_folder_intact(tmp_path, monkeypatch):
+    out = to_hf(BertForPreTraining(BertConfig(**KW)), tmp_path / "hf")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a safetensors file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bertpt.hf.save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        to_hf(randomize(BertForPreTraining(BertConfig(**KW))), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]
+
+
+def test_a_folder_that_is_not_an_export_is_not_replaced(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "corpus.txt").write_text("precious")
+    (tmp_path / "data" / "config.json").write_text("{}")  # not enough to look like an export
+    model = BertForPreTraining(BertConfig(**KW))
+    with pytest.raises(UserError, match=r"not an export .* --overwrite") as e:
+        to_hf(model, tmp_path / "data")
+    assert "\n" not in str(e.value) and str(tmp_path / "data") in str(e.value)
+    assert (tmp_path / "data" / "corpus.txt").read_text() == "precious"
+    to_hf(model, tmp_path / "data", overwrite=True)
+    assert not (tmp_path / "data" / "corpus.txt").exists()
+    (tmp_path / "empty").mkdir()
+    to_hf(model, tmp_path / "empty")  # an empty folder holds nothing to lose
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is a file"):
+        to_hf(model, tmp_path / "file", overwrite=True)

@@ -1,4 +1,8 @@
+import os
 import pickle
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -119,3 +123,40 @@ def test_multi_chunk_and_sliced_tables():
     lo, hi = store.doc_token_ranges
     flat = [[t for s in d for t in s] for d in docs]
     assert [store.tokens(a, b).tolist() for a, b in zip(lo, hi, strict=True)] == flat
+
+
+def test_a_killed_build_leaves_nothing_the_next_build_trips_over(corpus, tmp_path):
+    """A build killed midway leaves its temporary folder; the next build, even of another
+    corpus or format, removes it, but not the temporary folder of a build still running nor one
+    of another host."""
+    path, tok = corpus
+    cache = tmp_path / "cache"
+    hang = (
+        "import sys, time, bertpt.store as s\n"
+        "def hang(tmp, *args):\n"
+        "    (tmp / 'tokens.arrow').write_bytes(b'half written')\n"
+        "    print('building', flush=True)\n"
+        "    time.sleep(600)\n"
+        "s._build_into = hang\n"
+        "s.build_store(sys.argv[1], sys.argv[2], sys.argv[3], format='lines')\n"
+    )
+    cmd = [sys.executable, "-c", hang, str(path), str(tok), str(cache)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "building\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    [left] = cache.glob(".store-*.tmp")
+    assert (left / "tokens.arrow").is_file()
+    running = cache / f".store-other.{socket.gethostname()}-{os.getpid()}.x.tmp"
+    other_host = cache / f".store-other.elsewhere-{proc.pid}.x.tmp"
+    for d in (running, other_host):
+        d.mkdir()
+
+    store = build_store(path, tok, cache)
+    assert _as_lists(store) == _expected(path, tok)
+    assert not left.exists() and running.is_dir() and other_host.is_dir()
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".x.tmp")) == [
+        store.path.name
+    ]
