@@ -7,6 +7,10 @@ BERT's normalizer, pre-tokenizer, ``[CLS] A [SEP] B [SEP]`` template and WordPie
 right special tokens and casing. ``bertpt_tokenizer.json`` records how it was trained, so training
 again with the same corpus and settings reuses it and different ones are refused.
 
+The vocabulary comes from :mod:`bertpt.wordpiece`, not the ``tokenizers`` trainer, whose ties
+fall differently in every process: the same corpus, settings and package versions give the same
+files, byte for byte, on any machine.
+
     python -m bertpt.tokenizer data/corpus.txt --out data/tokenizer --vocab-size 30522
 """
 
@@ -22,17 +26,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tokenizers import (
-    Tokenizer,
-    decoders,
-    models,
-    normalizers,
-    pre_tokenizers,
-    processors,
-    trainers,
-)
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from bertpt.corpus import Source, check_corpus, corpus_fingerprint, read_documents
+from bertpt.wordpiece import count_words, train_vocab
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +50,16 @@ def build_tokenizer(lowercase: bool = True) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     return tok
+
+
+def _set_vocab(tok: Tokenizer, vocab: list[str]) -> None:
+    """Give ``tok`` the trained ``vocab`` (id = position), as the library's trainer would."""
+    tok.model = models.WordPiece(
+        {token: i for i, token in enumerate(vocab)},
+        unk_token="[UNK]",
+        continuing_subword_prefix="##",
+    )
+    tok.add_special_tokens(SPECIAL_TOKENS)
 
 
 def _add_template(tok: Tokenizer) -> None:
@@ -149,15 +156,13 @@ def train_tokenizer(
         )
 
     tok = build_tokenizer(lowercase)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
-        limit_alphabet=limit_alphabet,
-        continuing_subword_prefix="##",
-        show_progress=show_progress,
+    words = count_words(
+        _sentences(files, format, text_column), tok.normalizer, tok.pre_tokenizer, show_progress
     )
-    tok.train_from_iterator(_sentences(files, format, text_column), trainer=trainer)
+    vocab = train_vocab(
+        words, vocab_size, min_frequency, limit_alphabet, SPECIAL_TOKENS, "##", show_progress
+    )
+    _set_vocab(tok, vocab)
     got = tok.get_vocab_size()
     if got < MIN_VOCAB_SHARE * vocab_size:
         raise ValueError(
