@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from bertpt.corpus import Source, check_corpus, corpus_fingerprint, read_documents
+from bertpt.errors import UserError
 from bertpt.wordpiece import count_words, train_vocab
 
 log = logging.getLogger(__name__)
@@ -197,15 +199,44 @@ def train_tokenizer(
     return out
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load ``tokenizer.json`` from a folder (or the file itself)."""
-    p = Path(path)
+def _tokenizer_json(path: str | os.PathLike) -> Path:
+    """The ``tokenizer.json`` of a tokenizer folder, or ``path`` itself when it is a file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(
+            f"no tokenizer at {p}: the path does not exist — give a folder written by "
+            f"python -m bertpt.tokenizer (or its tokenizer.json), or train one: "
+            f"python -m bertpt.tokenizer CORPUS --out {p}"
+        )
     file = p / "tokenizer.json" if p.is_dir() else p
     if not file.is_file():
-        raise FileNotFoundError(
-            f"no tokenizer at {p} (expected {file}): train one with python -m bertpt.tokenizer"
+        raise UserError(
+            f"{p} is not a tokenizer folder: it holds no tokenizer.json — give a folder written "
+            "by python -m bertpt.tokenizer (or its tokenizer.json)"
         )
-    return Tokenizer.from_file(str(file))
+    return file
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load ``tokenizer.json`` from a folder (or the file itself); a UserError naming the file
+    when there is none or it does not parse."""
+    file = _tokenizer_json(path)
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a bare Exception with serde's one-line reason
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"{file} is not a valid tokenizer.json ({reason}) — restore it, or train the "
+            f"tokenizer again: python -m bertpt.tokenizer CORPUS --out {file.parent} --overwrite"
+        ) from e
+
+
+def tokenizer_hash(path: str | os.PathLike) -> str:
+    """The hex sha256 of a tokenizer folder's ``tokenizer.json`` bytes (or of the file itself).
+
+    Checkpoints and exports store it to detect a mismatched tokenizer; training is
+    deterministic, so retraining on the same corpus and settings gives the same hash."""
+    return hashlib.sha256(_tokenizer_json(path).read_bytes()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> None:

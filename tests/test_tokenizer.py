@@ -1,5 +1,7 @@
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -10,12 +12,14 @@ from tokenizers import trainers
 from transformers import AutoTokenizer, BertTokenizerFast
 
 import bertpt
+from bertpt.errors import UserError
 from bertpt.tokenizer import (
     SPECIAL_TOKENS,
     _sentences,
     build_tokenizer,
     load_tokenizer,
     main,
+    tokenizer_hash,
     train_tokenizer,
 )
 from bertpt.wordpiece import count_words, train_vocab
@@ -221,3 +225,46 @@ def test_count_words_is_the_tokenizers_pipeline(default_corpus, lowercase):
             w for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(s))
         )
     assert count_words(sentences, tok.normalizer, tok.pre_tokenizer) == dict(expected)
+
+
+@pytest.mark.parametrize("make", ["missing", "empty folder", "other folder"])
+def test_load_a_path_that_is_no_tokenizer(tmp_path, make):
+    path = tmp_path / "tok"
+    if make != "missing":
+        path.mkdir()
+    if make == "other folder":
+        (path / "config.json").write_text("{}")
+    where, fix = re.escape(str(path)), "give a folder written by python -m bertpt.tokenizer"
+    for call in (load_tokenizer, tokenizer_hash):
+        with pytest.raises(UserError, match=rf"^(no tokenizer at )?{where}.* — {fix}") as e:
+            call(path)
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b'{"version": "1.0", "trunc', "EOF while parsing"),
+        (b"", "EOF while parsing"),
+        (b"{}", "Model missing"),
+        (b"\xff\xfe\x00binary", "not contain valid UTF-8"),
+    ],
+)
+def test_load_a_corrupt_tokenizer_json(tmp_path, content, reason):
+    (tmp_path / "tokenizer.json").write_bytes(content)
+    for path in (tmp_path, tmp_path / "tokenizer.json"):
+        with pytest.raises(UserError, match=reason) as e:
+            load_tokenizer(path)
+        message = str(e.value)
+        assert message.startswith(f"{tmp_path / 'tokenizer.json'} is not a valid tokenizer.json")
+        assert "\n" not in message and "--overwrite" in message
+
+
+def test_tokenizer_hash(tokenizer_dir, tmp_path):
+    file = tokenizer_dir / "tokenizer.json"
+    expected = hashlib.sha256(file.read_bytes()).hexdigest()
+    assert tokenizer_hash(tokenizer_dir) == tokenizer_hash(file) == expected
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "tokenizer.json").write_bytes(file.read_bytes().replace(b"[MASK]", b"[MASX]"))
+    assert tokenizer_hash(copy) != expected
