@@ -105,7 +105,10 @@ def save_tokenizer(
         (out_dir / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
 
-def _sentences(source: Source, format: str, text_column: str) -> Iterator[str]:
+def corpus_sentences(
+    source: Source, format: str = "auto", text_column: str = "text"
+) -> Iterator[str]:
+    """The sentences of a corpus in order, what the tokenizer is trained on."""
     for doc in read_documents(source, format, text_column):
         yield from doc
 
@@ -159,7 +162,10 @@ def train_tokenizer(
 
     tok = build_tokenizer(lowercase)
     words = count_words(
-        _sentences(files, format, text_column), tok.normalizer, tok.pre_tokenizer, show_progress
+        corpus_sentences(files, format, text_column),
+        tok.normalizer,
+        tok.pre_tokenizer,
+        show_progress,
     )
     vocab = train_vocab(
         words, vocab_size, min_frequency, limit_alphabet, SPECIAL_TOKENS, "##", show_progress

@@ -2,6 +2,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -12,11 +13,12 @@ from tokenizers import trainers
 from transformers import AutoTokenizer, BertTokenizerFast
 
 import bertpt
+from bertpt.bench_tokenizer import main as bench_main
 from bertpt.errors import UserError
 from bertpt.tokenizer import (
     SPECIAL_TOKENS,
-    _sentences,
     build_tokenizer,
+    corpus_sentences,
     load_tokenizer,
     main,
     tokenizer_hash,
@@ -162,7 +164,7 @@ def test_same_files_in_every_process(default_corpus, tmp_path):
 def test_as_good_as_the_library_trainer(default_corpus, tokenizer_dir):
     """The same algorithm as the tokenizers trainer, ties apart: on the default corpus the
     vocabularies share almost every token and split words into as many pieces."""
-    sentences = list(_sentences(default_corpus, "auto", "text"))
+    sentences = list(corpus_sentences(default_corpus))
     lib = build_tokenizer()
     trainer = trainers.WordPieceTrainer(
         vocab_size=2000,
@@ -218,7 +220,7 @@ def test_count_words_is_the_tokenizers_pipeline(default_corpus, lowercase):
         "  spaces   around , punct!!  ",
         "",
     ]
-    sentences = list(_sentences(default_corpus, "auto", "text")) + odd
+    sentences = list(corpus_sentences(default_corpus)) + odd
     expected = Counter()
     for s in sentences:
         expected.update(
@@ -268,3 +270,12 @@ def test_tokenizer_hash(tokenizer_dir, tmp_path):
     copy.mkdir()
     (copy / "tokenizer.json").write_bytes(file.read_bytes().replace(b"[MASK]", b"[MASX]"))
     assert tokenizer_hash(copy) != expected
+
+
+def test_bench_tokenizer(default_corpus, tmp_path, capsys):
+    shutil.copy(default_corpus, tmp_path / "default_corpus.txt")  # reused, not built again
+    bench_main(["--size-mb", "0.3", "--dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert re.search(r"ratio bertpt / tokenizers: +\d+\.\d\d", out)
+    corpus = tmp_path / "long_tail_0.3mb_seed0.txt"
+    assert 0.3e6 <= corpus.stat().st_size < 0.4e6 and corpus.read_text().endswith("\n\n")
