@@ -211,7 +211,7 @@ def _tokenizer_json(path: str | os.PathLike) -> Path:
     if not p.exists():
         raise UserError(
             f"no tokenizer at {p}: the path does not exist — give a folder written by "
-            f"python -m bertpt.tokenizer (or its tokenizer.json), or train one: "
+            "python -m bertpt.tokenizer (or its tokenizer.json), or train one: "
             f"python -m bertpt.tokenizer CORPUS --out {p}"
         )
     file = p / "tokenizer.json" if p.is_dir() else p
