@@ -7,6 +7,10 @@ BERT's normalizer, pre-tokenizer, ``[CLS] A [SEP] B [SEP]`` template and WordPie
 right special tokens and casing. ``bertpt_tokenizer.json`` records how it was trained, so training
 again with the same corpus and settings reuses it and different ones are refused.
 
+The vocabulary comes from :mod:`bertpt.wordpiece`, not the ``tokenizers`` trainer, whose ties
+fall differently in every process: the same corpus, settings and package versions give the same
+files, byte for byte, on any machine.
+
     python -m bertpt.tokenizer data/corpus.txt --out data/tokenizer --vocab-size 30522
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -22,17 +27,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tokenizers import (
-    Tokenizer,
-    decoders,
-    models,
-    normalizers,
-    pre_tokenizers,
-    processors,
-    trainers,
-)
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from bertpt.corpus import Source, check_corpus, corpus_fingerprint, read_documents
+from bertpt.errors import UserError
+from bertpt.wordpiece import count_words, train_vocab
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,16 @@ def build_tokenizer(lowercase: bool = True) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     return tok
+
+
+def _set_vocab(tok: Tokenizer, vocab: list[str]) -> None:
+    """Give ``tok`` the trained ``vocab`` (id = position), as the library's trainer would."""
+    tok.model = models.WordPiece(
+        {token: i for i, token in enumerate(vocab)},
+        unk_token="[UNK]",
+        continuing_subword_prefix="##",
+    )
+    tok.add_special_tokens(SPECIAL_TOKENS)
 
 
 def _add_template(tok: Tokenizer) -> None:
@@ -96,7 +105,10 @@ def save_tokenizer(
         (out_dir / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
 
-def _sentences(source: Source, format: str, text_column: str) -> Iterator[str]:
+def corpus_sentences(
+    source: Source, format: str = "auto", text_column: str = "text"
+) -> Iterator[str]:
+    """The sentences of a corpus in order, what the tokenizer is trained on."""
     for doc in read_documents(source, format, text_column):
         yield from doc
 
@@ -149,15 +161,16 @@ def train_tokenizer(
         )
 
     tok = build_tokenizer(lowercase)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
-        limit_alphabet=limit_alphabet,
-        continuing_subword_prefix="##",
-        show_progress=show_progress,
+    words = count_words(
+        corpus_sentences(files, format, text_column),
+        tok.normalizer,
+        tok.pre_tokenizer,
+        show_progress,
     )
-    tok.train_from_iterator(_sentences(files, format, text_column), trainer=trainer)
+    vocab = train_vocab(
+        words, vocab_size, min_frequency, limit_alphabet, SPECIAL_TOKENS, "##", show_progress
+    )
+    _set_vocab(tok, vocab)
     got = tok.get_vocab_size()
     if got < MIN_VOCAB_SHARE * vocab_size:
         raise ValueError(
@@ -192,15 +205,44 @@ def train_tokenizer(
     return out
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load ``tokenizer.json`` from a folder (or the file itself)."""
-    p = Path(path)
+def _tokenizer_json(path: str | os.PathLike) -> Path:
+    """The ``tokenizer.json`` of a tokenizer folder, or ``path`` itself when it is a file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(
+            f"no tokenizer at {p}: the path does not exist — give a folder written by "
+            "python -m bertpt.tokenizer (or its tokenizer.json), or train one: "
+            f"python -m bertpt.tokenizer CORPUS --out {p}"
+        )
     file = p / "tokenizer.json" if p.is_dir() else p
     if not file.is_file():
-        raise FileNotFoundError(
-            f"no tokenizer at {p} (expected {file}): train one with python -m bertpt.tokenizer"
+        raise UserError(
+            f"{p} is not a tokenizer folder: it holds no tokenizer.json — give a folder written "
+            "by python -m bertpt.tokenizer (or its tokenizer.json)"
         )
-    return Tokenizer.from_file(str(file))
+    return file
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load ``tokenizer.json`` from a folder (or the file itself); a UserError naming the file
+    when there is none or it does not parse."""
+    file = _tokenizer_json(path)
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a bare Exception with serde's one-line reason
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"{file} is not a valid tokenizer.json ({reason}) — restore it, or train the "
+            f"tokenizer again: python -m bertpt.tokenizer CORPUS --out {file.parent} --overwrite"
+        ) from e
+
+
+def tokenizer_hash(path: str | os.PathLike) -> str:
+    """The hex sha256 of a tokenizer folder's ``tokenizer.json`` bytes (or of the file itself).
+
+    Checkpoints and exports store it to detect a mismatched tokenizer; training is
+    deterministic, so retraining on the same corpus and settings gives the same hash."""
+    return hashlib.sha256(_tokenizer_json(path).read_bytes()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> None:

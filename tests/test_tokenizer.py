@@ -1,9 +1,30 @@
+import hashlib
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import pytest
+from tokenizers import trainers
 from transformers import AutoTokenizer, BertTokenizerFast
 
-from bertpt.tokenizer import SPECIAL_TOKENS, load_tokenizer, main, train_tokenizer
+import bertpt
+from bertpt.bench_tokenizer import main as bench_main
+from bertpt.errors import UserError
+from bertpt.tokenizer import (
+    SPECIAL_TOKENS,
+    build_tokenizer,
+    corpus_sentences,
+    load_tokenizer,
+    main,
+    tokenizer_hash,
+    train_tokenizer,
+)
+from bertpt.wordpiece import count_words, train_vocab
 
 
 def test_specials_and_files(tokenizer_dir):
@@ -122,3 +143,139 @@ def test_folder_with_other_files_is_refused(default_corpus, tmp_path):
 
 def _train_quietly(corpus: str, out: str) -> None:
     train_tokenizer(corpus, out, vocab_size=1000, show_progress=False)
+
+
+def test_same_files_in_every_process(default_corpus, tmp_path):
+    """Two processes with different hash seeds train on one corpus and write the same files,
+    byte for byte (the tokenizers trainer broke ties in hash-map order: issue 11, item 10)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(bertpt.__file__).parents[1])}
+    cli = [sys.executable, "-m", "bertpt.tokenizer", str(default_corpus), "--vocab-size", "2000"]
+    outs = [tmp_path / "seed1", tmp_path / "seed2"]
+    for seed, out in zip(("1", "2"), outs, strict=True):
+        env["PYTHONHASHSEED"] = seed
+        subprocess.run([*cli, "--out", str(out)], env=env, check=True, capture_output=True)
+    names = sorted(p.name for p in outs[0].iterdir())
+    assert names == sorted(p.name for p in outs[1].iterdir())
+    assert {"tokenizer.json", "vocab.txt", "bertpt_tokenizer.json"} <= set(names)
+    for name in names:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_as_good_as_the_library_trainer(default_corpus, tokenizer_dir):
+    """The same algorithm as the tokenizers trainer, ties apart: on the default corpus the
+    vocabularies share almost every token and split words into as many pieces."""
+    sentences = list(corpus_sentences(default_corpus))
+    lib = build_tokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=2000,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        limit_alphabet=1000,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    lib.train_from_iterator(sentences, trainer=trainer)
+    ours = load_tokenizer(tokenizer_dir)
+    assert len(set(ours.get_vocab()) & set(lib.get_vocab())) >= 0.98 * 2000
+    words = sum(
+        len(ours.pre_tokenizer.pre_tokenize_str(ours.normalizer.normalize_str(s)))
+        for s in sentences
+    )
+
+    def tokens_per_word(tok) -> float:
+        encodings = tok.encode_batch(sentences, add_special_tokens=False)
+        return sum(len(e.ids) for e in encodings) / words
+
+    assert tokens_per_word(ours) == pytest.approx(tokens_per_word(lib), rel=0.02)
+
+
+def test_ties_go_to_the_lower_ids_whatever_the_word_order():
+    # Every pair occurs once: the pair of lower ids wins each tie, ## characters by code point.
+    expected = ["[UNK]", "a", "b", "c", "d", "##a", "##b", "##d"]
+    expected += ["ad", "cb", "##ba", "##bba", "adbba"]
+    assert train_vocab({"cb": 1, "adbba": 1}, 30, 1, None, ["[UNK]"]) == expected
+    assert train_vocab({"adbba": 1, "cb": 1}, 30, 1, None, ["[UNK]"]) == expected
+    assert train_vocab({"cb": 1, "adbba": 1}, 9, 1, None, ["[UNK]"]) == expected[:9]
+
+
+def test_alphabet_limit_and_min_frequency():
+    # a and b tie for the fourth place: the lower code point stays, b leaves every word.
+    words = {"ab": 1, "cd": 1, "a€b": 1, "€cd": 5}
+    assert train_vocab(words, 30, 1, 4, ["[UNK]"]) == (
+        ["[UNK]", "a", "c", "d", "€", "##c", "##d", "##€", "€c", "€cd", "a€", "cd"]
+    )
+    assert train_vocab(words, 30, 2, 4, ["[UNK]"])[-2:] == ["€c", "€cd"]
+    # Overlapping pairs merge from the left, as in the library: ##a ##a ##a -> ##aa ##a.
+    assert train_vocab({"aaaa": 3, "aaa": 2}, 30) == ["a", "##a", "##aa", "aaa", "aaaa"]
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_count_words_is_the_tokenizers_pipeline(default_corpus, lowercase):
+    """Words counted per distinct space-separated piece are those of each sentence
+    normalized and pre-tokenized whole, odd characters included."""
+    tok = build_tokenizer(lowercase)
+    odd = [
+        "Ünïcödé ÉCOLE\u00a0naïve\tTAB, \u0301accent first; ΣΊΣΥΦΟΣ ends",
+        "中文字符 mixed漢字 ctrl\x1csep\x00nul zero\u200bwidth \ufeffbom",
+        "  spaces   around , punct!!  ",
+        "",
+    ]
+    sentences = list(corpus_sentences(default_corpus)) + odd
+    expected = Counter()
+    for s in sentences:
+        expected.update(
+            w for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(s))
+        )
+    assert count_words(sentences, tok.normalizer, tok.pre_tokenizer) == dict(expected)
+
+
+@pytest.mark.parametrize("make", ["missing", "empty folder", "other folder"])
+def test_load_a_path_that_is_no_tokenizer(tmp_path, make):
+    path = tmp_path / "tok"
+    if make != "missing":
+        path.mkdir()
+    if make == "other folder":
+        (path / "config.json").write_text("{}")
+    where, fix = re.escape(str(path)), "give a folder written by python -m bertpt.tokenizer"
+    for call in (load_tokenizer, tokenizer_hash):
+        with pytest.raises(UserError, match=rf"^(no tokenizer at )?{where}.* — {fix}") as e:
+            call(path)
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b'{"version": "1.0", "trunc', "EOF while parsing"),
+        (b"", "EOF while parsing"),
+        (b"{}", "Model missing"),
+        (b"\xff\xfe\x00binary", "not contain valid UTF-8"),
+    ],
+)
+def test_load_a_corrupt_tokenizer_json(tmp_path, content, reason):
+    (tmp_path / "tokenizer.json").write_bytes(content)
+    for path in (tmp_path, tmp_path / "tokenizer.json"):
+        with pytest.raises(UserError, match=reason) as e:
+            load_tokenizer(path)
+        message = str(e.value)
+        assert message.startswith(f"{tmp_path / 'tokenizer.json'} is not a valid tokenizer.json")
+        assert "\n" not in message and "--overwrite" in message
+
+
+def test_tokenizer_hash(tokenizer_dir, tmp_path):
+    file = tokenizer_dir / "tokenizer.json"
+    expected = hashlib.sha256(file.read_bytes()).hexdigest()
+    assert tokenizer_hash(tokenizer_dir) == tokenizer_hash(file) == expected
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "tokenizer.json").write_bytes(file.read_bytes().replace(b"[MASK]", b"[MASX]"))
+    assert tokenizer_hash(copy) != expected
+
+
+def test_bench_tokenizer(default_corpus, tmp_path, capsys):
+    shutil.copy(default_corpus, tmp_path / "default_corpus.txt")  # reused, not built again
+    bench_main(["--size-mb", "0.3", "--dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert re.search(r"ratio bertpt / tokenizers: +\d+\.\d\d", out)
+    corpus = tmp_path / "long_tail_0.3mb_seed0.txt"
+    assert 0.3e6 <= corpus.stat().st_size < 0.4e6 and corpus.read_text().endswith("\n\n")
