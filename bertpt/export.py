@@ -26,14 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bertpt.errors import EXIT_USER_ERROR, UserError
+from bertpt.errors import UserError, exit_on_user_error
 from bertpt.hf import (
-    _sha256_file,
     check_out_dir,
     config_from_hf_dict,
     load_checkpoint_file,
@@ -42,6 +40,7 @@ from bertpt.hf import (
     to_hf,
 )
 from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.tokenizer import tokenizer_hash
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +61,35 @@ def _config_from_json(path: Path) -> BertConfig:
         raise UserError(f"{path}: {e} — pass the model's config.json with --config") from e
 
 
+def model_from_module_state(
+    state_dict: Mapping[str, Any], model_config: Mapping[str, Any], source: str
+) -> BertForPreTraining:
+    """The BertForPreTraining held in a BertPretrainModule's state dict (keys ``model.*``),
+    built from the module's ``model_config`` hyper-parameter. Raises UserError."""
+    model_config = {k: v for k, v in model_config.items() if k != "init_from"}
+    try:
+        config = BertConfig.from_dict(model_config)
+    except (TypeError, ValueError) as e:
+        raise UserError(
+            f"{source}: hyper_parameters['model_config'] does not fit this bertpt ({e}) — export "
+            "it with the bertpt version that wrote it"
+        ) from e
+    model = BertForPreTraining(config)
+    # torch.compile wraps the model as `_orig_mod`; the weights are the same.
+    sd = {
+        k[len(MODEL_PREFIX) :].replace("_orig_mod.", ""): v
+        for k, v in state_dict.items()
+        if k.startswith(MODEL_PREFIX)
+    }
+    if not sd:
+        raise UserError(
+            f"{source}: no key in state_dict starts with {MODEL_PREFIX!r} — not a bertpt "
+            "checkpoint: pass a .ckpt from a bertpt run"
+        )
+    load_into(model, sd, source)
+    return model
+
+
 def _load_ckpt(path: Path) -> tuple[BertForPreTraining, dict[str, Any]]:
     """The model of a bertpt Lightning checkpoint, and its `hyper_parameters` + `global_step`."""
     ckpt = load_checkpoint_file(path)
@@ -72,28 +100,7 @@ def _load_ckpt(path: Path) -> tuple[BertForPreTraining, dict[str, Any]]:
             "hyper_parameters['model_config']) — pass a .ckpt from a bertpt run, or a state dict "
             "with --config"
         )
-    model_config = dict(hparams["model_config"])
-    model_config.pop("init_from", None)
-    try:
-        config = BertConfig.from_dict(model_config)
-    except (TypeError, ValueError) as e:
-        raise UserError(
-            f"{path}: hyper_parameters['model_config'] does not fit this bertpt ({e}) — export "
-            "it with the bertpt version that wrote it"
-        ) from e
-    model = BertForPreTraining(config)
-    # torch.compile wraps the model as `_orig_mod`; the weights are the same.
-    sd = {
-        k[len(MODEL_PREFIX) :].replace("_orig_mod.", ""): v
-        for k, v in ckpt["state_dict"].items()
-        if k.startswith(MODEL_PREFIX)
-    }
-    if not sd:
-        raise UserError(
-            f"{path}: no key in state_dict starts with {MODEL_PREFIX!r} — not a bertpt "
-            "checkpoint: pass a .ckpt from a bertpt run"
-        )
-    load_into(model, sd, str(path))
+    model = model_from_module_state(ckpt["state_dict"], hparams["model_config"], str(path))
     return model, {**hparams, "global_step": ckpt.get("global_step")}
 
 
@@ -135,7 +142,7 @@ def _find_tokenizer(
 
 def _check_tokenizer_hash(tokenizer: Path, expected: str, allow_mismatch: bool) -> None:
     file = tokenizer / "tokenizer.json"
-    found = _sha256_file(file) if file.is_file() else "none (no tokenizer.json)"
+    found = tokenizer_hash(file) if file.is_file() else "none (no tokenizer.json)"
     if found == expected:
         return
     msg = (
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with exit_on_user_error():
         out = export(
             args.source,
             args.out_dir,
@@ -220,11 +227,6 @@ def main(argv: list[str] | None = None) -> None:
             allow_tokenizer_mismatch=args.allow_tokenizer_mismatch,
             overwrite=args.overwrite,
         )
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the project's switch for tracebacks
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR) from None
     print(f"wrote {out}")
 
 

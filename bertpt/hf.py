@@ -10,7 +10,6 @@ freshly initialised. Checkpoints from older `transformers` and the original TF c
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import pickle
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from bertpt.atomic import replace_dir, temp_dir_beside
 from bertpt.errors import UserError
 from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.tokenizer import tokenizer_hash
 
 log = logging.getLogger(__name__)
 
@@ -251,15 +251,6 @@ def copy_tokenizer(tokenizer_dir: str | Path, out_dir: str | Path) -> list[str]:
     return found
 
 
-def _sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes (a tokenizer's identity: its ``tokenizer.json``)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_out_dir(out: str | Path, overwrite: bool = False) -> None:
     """Raise UserError unless ``out`` may take an export: a new or empty folder, a previous
     export, or anything else with ``overwrite`` (a typo must not cost someone's data)."""
@@ -303,10 +294,8 @@ def to_hf(
         save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(model.config), indent=2) + "\n")
         copied = copy_tokenizer(tokenizer_dir, tmp) if tokenizer_dir is not None else []
-        tokenizer_hash = (
-            _sha256_file(tmp / "tokenizer.json") if "tokenizer.json" in copied else None
-        )
-        record = {**(info or {}), "tokenizer_hash": tokenizer_hash}
+        digest = tokenizer_hash(tmp) if "tokenizer.json" in copied else None
+        record = {**(info or {}), "tokenizer_hash": digest}
         (tmp / EXPORT_INFO).write_text(json.dumps(record, indent=2) + "\n")
         replace_dir(tmp, out)
     return out
