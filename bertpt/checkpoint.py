@@ -19,23 +19,32 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from bertpt.atomic import temp_beside
+from bertpt.errors import UserError
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)``, all or nothing: write beside ``path``, fsync, rename.
 
-    Only one process writes a given path (rank 0); temporary files a killed writer left beside
-    it are removed first.
+    Temporary files that a killed writer left beside it are removed first (``temp_beside``). A
+    write the disk refuses (full, a size limit) is a UserError; the old file stays.
     """
     path = Path(path)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
     with temp_beside(path) as (fd, tmp):
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:
+            # torch's zip writer reports a refused write as "unexpected pos N vs M"
+            if isinstance(e, RuntimeError) and "inline_container" not in str(e):
+                raise
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
+            raise UserError(
+                f"cannot write checkpoint {path}: the disk refused the write ({reason}) — the "
+                f"previous checkpoint is intact: free space in {path.parent} and resume with "
+                "ckpt_path=last"
+            ) from e
         os.replace(tmp, path)
     # Make the rename itself durable (a power cut after it must not bring back the old entry).
     with contextlib.suppress(OSError):

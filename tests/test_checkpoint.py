@@ -13,6 +13,7 @@ import torch
 
 import bertpt.checkpoint as ckpt_mod
 from bertpt.checkpoint import AtomicCheckpointIO, atomic_torch_save
+from bertpt.errors import UserError
 
 WRITER = """
 import sys, torch
@@ -37,7 +38,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt_mod.torch, "save", crash_midway)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*disk full.* is intact"):
         io.save_checkpoint({"step": 2, "w": torch.zeros(10)}, path)
     monkeypatch.undo()
 
