@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from bertpt.collator import MaskingCollator
 from bertpt.corpus import build_default_corpus, check_corpus, corpus_fingerprint
 from bertpt.data_report import check_data, data_report
+from bertpt.hf import copy_tokenizer
 from bertpt.pairs import NSPPairDataset
 from bertpt.store import DocumentStore, build_store
-from bertpt.tokenizer import load_tokenizer, train_tokenizer
+from bertpt.tokenizer import load_tokenizer, tokenizer_hash, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,8 @@ class PretrainDataModule(pl.LightningDataModule):
         if self.data["val_corpus"] is not None:
             check_corpus(self.data["val_corpus"], self.data["format"], self.data["text_column"])
         tok = self.tokenizer_dir
-        if not (tok / "tokenizer.json").exists():
+        # A tokenizer.path was checked before the run (bertpt.preflight): only ours is trained.
+        if self.tok_cfg.get("path") is None and not (tok / "tokenizer.json").exists():
             train_tokenizer(
                 self.corpus,
                 tok,
@@ -181,9 +183,27 @@ class PretrainDataModule(pl.LightningDataModule):
         if self.data["val_corpus"] is not None:
             self._store(self.data["val_corpus"])
 
+    @property
+    def run_tokenizer_dir(self) -> Path | None:
+        """The copy of the tokenizer in the run folder, which checkpoints and exports name."""
+        run = self.paths.get("output_dir")
+        return Path(run).resolve() / "tokenizer" if run else None
+
+    def _copy_tokenizer_to_run(self) -> None:
+        copy = self.run_tokenizer_dir
+        if copy is None or (self.trainer is not None and not self.trainer.is_global_zero):
+            return
+        if (copy / "tokenizer.json").is_file() and tokenizer_hash(copy) == tokenizer_hash(
+            self.tokenizer_dir
+        ):
+            return
+        copy.mkdir(parents=True, exist_ok=True)
+        copy_tokenizer(self.tokenizer_dir, copy)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_pairs is not None:
             return
+        self._copy_tokenizer_to_run()
         d = self.data
         store = self._store(self.corpus)  # a cache hit: prepare_data built it
         if d["val_corpus"] is not None:

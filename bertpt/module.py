@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch.distributed.fsdp import FullyShardedDataParallel
 
+from bertpt.errors import UserError
 from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.tokenizer import tokenizer_hash
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +50,22 @@ class BertPretrainModule(pl.LightningModule):
         optim: dict[str, Any],
         init_from: str | None = None,
         tokenizer_dir: str | None = None,
+        tokenizer_hash: str | None = None,
         on_nan: str = "stop",
+        max_skipped_steps: int = 10,
         compile: bool = False,
         fused_optimizer: bool = True,
     ) -> None:
         super().__init__()
         if on_nan not in ("stop", "skip"):
-            raise ValueError(f"on_nan={on_nan!r}: use 'stop' or 'skip'")
-        # model_config and tokenizer_dir are what `python -m bertpt.export run.ckpt` reads back.
+            raise UserError(f"on_nan={on_nan!r} is not an option — use on_nan=stop or on_nan=skip")
+        # model_config, tokenizer_dir and tokenizer_hash are what export and resume read back.
         self.save_hyperparameters()
         self.model: BertForPreTraining | None = None
         self.optim = optim
         self._last_step_time: float | None = None
         self._val_sums: torch.Tensor | None = None
+        self.skipped_steps: list[int] = []  # steps whose loss was not finite (on_nan=skip)
         self._rng_to_restore: dict | None = None
 
     def configure_model(self) -> None:
@@ -71,7 +76,10 @@ class BertPretrainModule(pl.LightningModule):
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:
             cfg["vocab_size"] = datamodule.vocab_size
-            self.hparams.tokenizer_dir = str(datamodule.tokenizer_dir)
+            # Checkpoints name the run's copy and its content hash (checked on resume/export).
+            own = datamodule.run_tokenizer_dir or datamodule.tokenizer_dir
+            self.hparams.tokenizer_dir = str(own)
+            self.hparams.tokenizer_hash = tokenizer_hash(datamodule.tokenizer_dir)
         init_from = self.hparams.init_from
         if init_from:
             from bertpt.hf import from_hf
@@ -126,12 +134,11 @@ class BertPretrainModule(pl.LightningModule):
         # Every rank must take the same decision, or DDP would hang on a skipped all-reduce.
         finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
-            msg = f"loss is {loss.item()} at step {self.global_step} (batch {batch_idx})"
-            if self.hparams.on_nan == "stop":
-                raise FloatingPointError(
-                    f"{msg}: lower optim.lr, check the data, or set on_nan=skip to skip such steps"
-                )
-            log.warning("%s: skipping this step (on_nan=skip)", msg)
+            self._skip_step(f"loss is {loss.item()} at step {self.global_step} (batch {batch_idx})")
+            # logged as it is: otherwise the last finite loss would be logged again at this step
+            n = batch["labels"].shape[0]
+            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
+            self.log("train/skipped_steps", float(len(self.skipped_steps)), batch_size=n)
             return None
 
         m = self._metrics(batch, out)
@@ -158,6 +165,23 @@ class BertPretrainModule(pl.LightningModule):
             self.log("train/tok_per_s", tokens.float() / dt, batch_size=n)
         self._last_step_time = now
         return loss
+
+    def _skip_step(self, msg: str) -> None:
+        """A non-finite loss: stop (on_nan=stop), or skip the step, up to max_skipped_steps."""
+        if self.hparams.on_nan == "stop":
+            raise UserError(
+                f"{msg} — lower optim.lr, check the data, or set on_nan=skip to skip such steps"
+            )
+        self.skipped_steps.append(self.global_step)
+        limit = self.hparams.max_skipped_steps
+        if len(self.skipped_steps) > limit:
+            shown = ", ".join(map(str, self.skipped_steps[:10]))
+            more = ", ..." if len(self.skipped_steps) > 10 else ""
+            raise UserError(
+                f"the loss was not finite at {len(self.skipped_steps)} steps ({shown}{more}), "
+                f"more than max_skipped_steps={limit} — lower optim.lr or check the data"
+            )
+        log.warning("%s: skipping this step (on_nan=skip)", msg)
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
@@ -251,6 +275,7 @@ class BertPretrainModule(pl.LightningModule):
     # --- random state in checkpoints (exact resume of dropout and anything else random) --------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_steps"] = list(self.skipped_steps)
         # One state per rank (each rank draws its own dropout masks), gathered on every rank:
         # Lightning dumps the checkpoint on all of them and rank 0 writes it.
         state, world = _rng_state(), self.trainer.world_size
@@ -268,6 +293,7 @@ class BertPretrainModule(pl.LightningModule):
         # Restored after Lightning has finished restoring, at the start of training (see
         # on_train_start): the loaders and the trainer may draw random numbers while restoring.
         self._rng_to_restore = checkpoint.get("rng_states")
+        self.skipped_steps = list(checkpoint.get("skipped_steps", []))
 
     def on_train_start(self) -> None:
         states = self._rng_to_restore

@@ -17,11 +17,16 @@ import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from bertpt import run_folder
 from bertpt.checkpoint import AtomicCheckpointIO
 from bertpt.datamodule import PretrainDataModule
-from bertpt.loggers import build_loggers
-from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.errors import exit_on_user_error
+from bertpt.export import model_from_module_state
+from bertpt.hf import to_hf
+from bertpt.loggers import build_loggers, finish_loggers
+from bertpt.model import BertConfig
 from bertpt.module import BertPretrainModule
+from bertpt.preflight import Resume, choose_tokenizer, read_resume, resolve_checkpoint
 
 log = logging.getLogger("bertpt.train")
 
@@ -58,28 +63,15 @@ def _check_config(cfg: DictConfig) -> dict[str, Any]:
     return model_cfg
 
 
-def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` -> this run's last.ckpt; a run folder -> its last.ckpt; else the path as given."""
-    if ckpt_path is None:
-        return None
-    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no checkpoint at {path}: give a .ckpt file or a run folder, or use ckpt_path=last "
-            "with hydra.run.dir set to the run to resume"
-        )
-    return str(path)
-
-
 def _instantiate_all(group: DictConfig | None) -> list:
     if not group:
         return []
     return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
 
 
-def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, dict[str, Any]]:
+def build_trainer(
+    cfg: DictConfig, wandb_id: str | None = None
+) -> tuple[pl.Trainer, dict[str, Any]]:
     """The Trainer of conf/trainer (fitted to this machine), and the speed keys it does not take."""
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     speed = {k: trainer_cfg.pop(k, None) for k in SPEED_KEYS}
@@ -90,7 +82,7 @@ def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, dict[str, Any]]:
     trainer: pl.Trainer = hydra.utils.instantiate(
         trainer_cfg,
         callbacks=_instantiate_all(cfg.get("callbacks")),
-        logger=build_loggers(cfg.get("logger"), cfg.paths.output_dir) or False,
+        logger=build_loggers(cfg.get("logger"), cfg.paths.output_dir, wandb_id) or False,
         plugins=plugins,
     )
     return trainer, speed
@@ -99,13 +91,37 @@ def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, dict[str, Any]]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Pretrain with a composed config; return the final metrics (for sweepers and tests)."""
     model_cfg = _check_config(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    trainer, speed = build_trainer(cfg)
+    ckpt = resolve_checkpoint(cfg.ckpt_path, output_dir)
+    resume = read_resume(ckpt, model_cfg) if ckpt else None
+    init_from = cfg.model.get("init_from")
+    tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
+    tokenizer_cfg["path"] = choose_tokenizer(tokenizer_cfg, resume, init_from)
 
+    with run_folder.claim(output_dir, resume.step if resume else None):
+        pl.seed_everything(cfg.seed, workers=True)
+        wandb_id = None
+        if run_folder.is_launching_process():
+            wandb_id = run_folder.wandb_run_id(output_dir, resume=resume is not None)
+        trainer, speed = build_trainer(cfg, wandb_id)
+        try:
+            return _fit(cfg, trainer, speed, model_cfg, tokenizer_cfg, resume)
+        finally:
+            finish_loggers(trainer.loggers)
+
+
+def _fit(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    speed: dict[str, Any],
+    model_cfg: dict[str, Any],
+    tokenizer_cfg: dict[str, Any],
+    resume: Resume | None,
+) -> dict[str, float]:
+    output_dir = Path(cfg.paths.output_dir)
     datamodule = PretrainDataModule(
         data=OmegaConf.to_container(cfg.data, resolve=True),
-        tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True),
+        tokenizer=tokenizer_cfg,
         paths=OmegaConf.to_container(cfg.paths, resolve=True),
         seed=cfg.seed,
         num_workers=speed["num_workers"] or 0,
@@ -116,6 +132,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         init_from=cfg.model.get("init_from"),
         on_nan=cfg.on_nan,
+        max_skipped_steps=cfg.max_skipped_steps,
         compile=bool(speed["compile"]),
         fused_optimizer=bool(speed["fused_optimizer"]),
     )
@@ -125,7 +142,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for lg in trainer.loggers:
         lg.log_hyperparams(run_config)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.ckpt_path, output_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     # Every rank takes part: under FSDP this gathers the full weights from the shards (to rank 0).
     weights = trainer.strategy.lightning_module_state_dict() if cfg.export_hf else None
@@ -135,20 +152,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics_msg = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k)
     ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
     print(f"\nbertpt: done. {metrics_msg}")
+    if module.skipped_steps:
+        steps = ", ".join(map(str, module.skipped_steps))
+        print(f"bertpt: skipped steps:       {len(module.skipped_steps)} ({steps}), on_nan=skip")
     print(f"bertpt: checkpoint:          {ckpt or '(none)'}")
     if cfg.export_hf:
-        from bertpt.hf import load_into, to_hf
-
-        model = BertForPreTraining(BertConfig.from_dict(module.hparams.model_config))
-        load_into(model, {k.removeprefix("model."): v for k, v in weights.items()}, "the run")
-        hf_dir = to_hf(model, output_dir / "hf", tokenizer_dir=datamodule.tokenizer_dir)
+        model = model_from_module_state(weights, module.hparams.model_config, "the trained model")
+        info = {"source": str(output_dir.resolve()), "global_step": trainer.global_step}
+        tokenizer = datamodule.run_tokenizer_dir or datamodule.tokenizer_dir
+        hf_dir = to_hf(model, output_dir / "hf", tokenizer_dir=tokenizer, info=info)
         print(f"bertpt: Hugging Face export: {hf_dir}")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with exit_on_user_error():
+        metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric") or "", None)
 
 
