@@ -48,12 +48,17 @@ def run_cli(
     check: bool = True,
 ) -> subprocess.CompletedProcess:
     """``python -m bertpt.train ARGS`` in ``cwd``; asserts exit 0 unless ``check=False``."""
+    env_extra = dict(env_extra or {})
+    # This checkout's bertpt (whichever one is installed) and the test-only callbacks first.
+    paths = [env_extra.pop("PYTHONPATH", ""), str(ROOT), str(ROOT / "tests")]
+    paths.append(os.environ.get("PYTHONPATH", ""))
     env = {
         **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
         "WANDB_MODE": "offline",
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
-        **(env_extra or {}),
+        **env_extra,
     }
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],

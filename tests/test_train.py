@@ -13,6 +13,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import OmegaConf
 from runs import ROOT, free_port, losses_by_step, make_cfg, read_metrics, run_cli
 
+from bertpt.errors import UserError
 from bertpt.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -85,7 +86,7 @@ def test_nan_stops_with_step(tmp_path, data_dir):
         "trainer.gradient_clip_val=null",
         "export_hf=false",
     )
-    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at step \d+"):
+    with pytest.raises(UserError, match=r"loss is (nan|inf) at step \d+"):
         train(cfg)
 
 
