@@ -10,11 +10,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 from runs import ROOT, read_metrics, run_cli
 
-from bertpt.sweep import STATUS_FILE, main, summarise
+from bertpt.sweep import STATUS_FILE, SweepSummary, main, summarise
 
 SWEEP_ARGS = ["+experiment=tiny", "+debug=fast", "export_hf=false", "logger=csv"]
+# This checkout's bertpt and conf/ in the sweep's process, whatever copy is installed.
+THIS_CHECKOUT = {"PYTHONPATH": str(ROOT)}
 
 
 def read_summary(sweep: Path) -> list[dict[str, str]]:
@@ -30,7 +35,7 @@ def last_logged(run_dir: Path, name: str) -> str:
 def test_real_sweep_writes_summary_and_prints_table(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     args = ["-m", *SWEEP_ARGS, "optim.lr=1e-4,3e-4", f"paths.data_dir={data_dir}"]
-    proc = run_cli([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    proc = run_cli([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env_extra=THIS_CHECKOUT)
 
     rows = read_summary(sweep)
     assert [float(r["optim.lr"]) for r in rows] == [1e-4, 3e-4]
@@ -52,7 +57,7 @@ def test_crashed_jobs_are_failed_rows_and_the_sweep_still_fails(tmp_path):
     is written at exit with the error of each job."""
     sweep = tmp_path / "sweep"
     args = ["-m", *SWEEP_ARGS, "data.max_seq_length=100000,200000", f"hydra.sweep.dir={sweep}"]
-    proc = run_cli(args, cwd=tmp_path, check=False)
+    proc = run_cli(args, cwd=tmp_path, env_extra=THIS_CHECKOUT, check=False)
 
     assert proc.returncode == 1, proc.stderr[-3000:]
     rows = read_summary(sweep)
@@ -134,6 +139,17 @@ def test_job_without_record_is_unknown_or_failed_when_the_sweep_stopped(tmp_path
     make_job(sweep, 0, ["optim.lr=0.0001"], None, [val_row(2, "7.5", "0.1")])
     assert [j.status for j in summarise(sweep)] == ["unknown"]
     assert [j.status for j in summarise(sweep, unrecorded="failed")] == ["failed"]
+
+
+@pytest.mark.parametrize("mode", [RunMode.MULTIRUN, RunMode.RUN])
+def test_job_end_is_recorded_in_sweeps_only(tmp_path, mode):
+    config = OmegaConf.create({"hydra": {"mode": mode, "runtime": {"output_dir": str(tmp_path)}}})
+    error = ValueError("lr must be\npositive")
+    SweepSummary().on_job_end(config, JobReturn(status=JobStatus.FAILED, _return_value=error))
+    if mode == RunMode.RUN:  # a plain run's folder keeps the layout the README gives
+        assert not (tmp_path / STATUS_FILE).exists()
+    else:
+        assert (tmp_path / STATUS_FILE).read_text() == "failed\nValueError: lr must be positive\n"
 
 
 def test_folder_without_jobs_is_a_user_error(tmp_path, capsys):
