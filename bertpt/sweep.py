@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,9 +229,7 @@ def report(sweep_dir: Path, unrecorded: str = "unknown") -> Path | None:
     if not jobs:
         return None
     out = write_summary(sweep_dir, summary_rows(jobs))
-    counts: dict[str, int] = {}
-    for job in jobs:
-        counts[job.status] = counts.get(job.status, 0) + 1
+    counts = Counter(job.status for job in jobs)
     tally = ", ".join(f"{n} {status}" for status, n in counts.items())
     print(f"\nsweep {Path(sweep_dir).resolve()}: {len(jobs)} jobs: {tally}")
     print(format_table(jobs))
