@@ -38,7 +38,11 @@ log = logging.getLogger(__name__)
 METRICS = ("val/mlm_loss", "val/mlm_acc", "val/nsp_acc", "val/nsp_loss")
 STATUS_FILE = "job_status.txt"
 SUMMARY_FILE = "summary.csv"
-NO_RECORD = "no job_status.txt: the job was killed, is still running, or predates bertpt.sweep"
+# Why a job has no job_status.txt, by the status it is given then.
+NO_RECORD = {
+    "unknown": "no job_status.txt: the job was killed, is still running, or predates bertpt.sweep",
+    "failed": "no job_status.txt: the job was running when the sweep stopped",
+}
 
 
 @dataclass
@@ -113,7 +117,7 @@ def summarise_job(job_dir: Path, unrecorded: str = "unknown") -> JobSummary:
     metrics_csv = job_dir / "csv" / "metrics.csv"
     metrics = read_val_metrics(metrics_csv) if metrics_csv.is_file() else {}
     recorded = _recorded_status(job_dir)
-    status, note = recorded or (unrecorded, NO_RECORD)
+    status, note = recorded or (unrecorded, NO_RECORD[unrecorded])
     if status != "failed" and not metrics:
         status, note = "no metrics", _why_no_metrics(job_dir)
     return JobSummary(job_dir.name, job_dir, read_overrides(job_dir), status, metrics, note)

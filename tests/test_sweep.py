@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from runs import ROOT, read_metrics, run_cli
 
-from bertpt.sweep import STATUS_FILE, SweepSummary, main, summarise
+from bertpt.sweep import NO_RECORD, STATUS_FILE, SweepSummary, main, summarise
 
 SWEEP_ARGS = ["+experiment=tiny", "+debug=fast", "export_hf=false", "logger=csv"]
 # This checkout's bertpt and conf/ in the sweep's process, whatever copy is installed.
@@ -138,7 +138,8 @@ def test_job_without_record_is_unknown_or_failed_when_the_sweep_stopped(tmp_path
     sweep = tmp_path / "sweep"
     make_job(sweep, 0, ["optim.lr=0.0001"], None, [val_row(2, "7.5", "0.1")])
     assert [j.status for j in summarise(sweep)] == ["unknown"]
-    assert [j.status for j in summarise(sweep, unrecorded="failed")] == ["failed"]
+    stopped = summarise(sweep, unrecorded="failed")
+    assert [(j.status, j.note) for j in stopped] == [("failed", NO_RECORD["failed"])]
 
 
 @pytest.mark.parametrize("mode", [RunMode.MULTIRUN, RunMode.RUN])
