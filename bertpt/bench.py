@@ -35,10 +35,11 @@ DEFAULT_STEPS = {"tiny": (3, 15), "mini": (3, 8), "small": (2, 5), "medium": (2,
 BIG_MODEL_STEPS = (1, 3)
 
 
-def load_preset(name: str) -> BertConfig:
+def load_preset(name: str, vocab_size: int = 30522) -> BertConfig:
+    """A conf/model preset; its vocabulary is the tokenizer's in a run, BERT's here."""
     d = yaml.safe_load((PRESETS / f"{name}.yaml").read_text())
     d.pop("init_from", None)
-    return BertConfig.from_dict(d)
+    return BertConfig.from_dict({**d, "vocab_size": vocab_size})
 
 
 def make_batch(

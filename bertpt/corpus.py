@@ -65,20 +65,20 @@ class _BadByteCounter:
 def _check_text_file(path: Path) -> None:
     """Fail fast on a file that is not text: NUL bytes or mostly undecodable bytes."""
     if not path.is_file():
-        raise CorpusError(f"corpus file not found: {path} (check the path)")
+        raise CorpusError(f"corpus file not found: {path} — check the path")
     with open(path, "rb") as f:
         head = f.read(_SNIFF_BYTES)
     if not head:
         return
     if b"\x00" in head:
         raise CorpusError(
-            f"{path} looks like a binary file, not text (it holds NUL bytes): "
-            "remove it from the corpus or convert it to UTF-8 text"
+            f"{path} looks like a binary file, not text (it holds NUL bytes) "
+            "— remove it from the corpus or convert it to UTF-8 text"
         )
     bad = len(head) - len(head.decode("utf-8", errors="ignore").encode("utf-8"))
     if bad > 0.3 * len(head):
         raise CorpusError(
-            f"{path} is not UTF-8 text ({bad} of its first {len(head)} bytes are invalid): "
+            f"{path} is not UTF-8 text ({bad} of its first {len(head)} bytes are invalid) — "
             "convert it to UTF-8 (e.g. iconv -t utf-8) or remove it from the corpus"
         )
 
@@ -174,7 +174,7 @@ def _txt_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
     if not files:
         raise CorpusError(
-            f"corpus folder {folder} holds no .txt files: add some or point at a file"
+            f"corpus folder {folder} holds no .txt files — add some or point at a file"
         )
     return files
 
@@ -227,7 +227,7 @@ def _dataset_documents(name: str, text_column: str, split: str, language: str):
     columns = ds.column_names
     if columns is not None and text_column not in columns:
         raise CorpusError(
-            f"dataset {name} has no column {text_column!r} (it has {columns}): "
+            f"dataset {name} has no column {text_column!r} (it has {columns}) — "
             "set data.text_column to one of them"
         )
     for row in tqdm(ds, desc=f"reading {name}", unit="doc", delay=PROGRESS_DELAY_S):
@@ -238,14 +238,14 @@ def _dataset_documents(name: str, text_column: str, split: str, language: str):
 def _resolve(item: str | os.PathLike, fmt: str) -> tuple[str, Path | str]:
     """Pick the format of one source item, failing early on a path that does not exist."""
     if fmt not in FORMATS:
-        raise CorpusError(f"unknown corpus format {fmt!r}: use one of {', '.join(FORMATS)}")
+        raise CorpusError(f"unknown corpus format {fmt!r} — use one of {', '.join(FORMATS)}")
     if fmt == "datasets":
         return fmt, str(item)
     path = Path(item).expanduser()
     if not path.exists():
         raise CorpusError(
-            f"corpus not found: {path} (give a text file, a folder of .txt files, "
-            "or format=datasets for a datasets name)"
+            f"corpus not found: {path} — give a text file, a folder of .txt files, "
+            "or data.format=datasets for a datasets name"
         )
     if fmt == "auto":
         fmt = "files" if path.is_dir() else _sniff_format(path)
@@ -309,10 +309,10 @@ def check_corpus(source: Source, format: str = "auto", text_column: str = "text"
             return
     name = source if isinstance(source, str | os.PathLike) else ", ".join(map(str, source))
     if docs == 0:
-        raise CorpusError(f"corpus {name} is empty: it holds no text")
+        raise CorpusError(f"corpus {name} is empty: it holds no text — give a corpus with text")
     raise CorpusError(
-        f"corpus {name} holds only one document: next-sentence prediction needs at least two "
-        "(separate documents with a blank line in BERT format, or use one file per document)"
+        f"corpus {name} holds only one document, and next-sentence prediction needs two — "
+        "separate documents with a blank line (BERT format), or use one file per document"
     )
 
 

@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from bertpt.collator import MaskingCollator
+from bertpt.errors import UserError
 from bertpt.pairs import NSPPairDataset
 from bertpt.store import DocumentStore
 
@@ -88,37 +89,45 @@ def data_report(
 def check_data(report: dict) -> None:
     """Raise a ValueError naming the reason when the data cannot train a model."""
     if report["max_seq_length"] < 5:
-        raise ValueError(
-            f"max_seq_length ({report['max_seq_length']}) cannot hold [CLS] A [SEP] B [SEP]: "
-            "use >= 5"
+        raise UserError(
+            f"max_seq_length ({report['max_seq_length']}) cannot hold [CLS] A [SEP] B [SEP] "
+            "— use >= 5"
         )
     if report["documents"] == 0 or report["tokens"] == 0:
-        raise ValueError("the corpus yields no tokens: it is empty or holds only whitespace")
+        raise UserError(
+            "the corpus yields no tokens — give a corpus with text, not only whitespace"
+        )
     if report["pairs_per_epoch"] == 0:
-        raise ValueError("no usable pair: every document holds fewer than two tokens")
+        raise UserError(
+            "no usable pair: every document holds fewer than two tokens — give longer documents"
+        )
     if report["objective"] == "nsp" and report["documents"] < 2:
-        raise ValueError(
-            f"next-sentence prediction needs >= 2 documents, the corpus has {report['documents']}"
+        raise UserError(
+            f"next-sentence prediction needs >= 2 documents, the corpus has {report['documents']} "
+            "— add documents"
         )
     if report["unk_rate"] > 0.05:
-        raise ValueError(
-            f"{report['unk_rate']:.1%} of the tokens are [UNK]: the tokenizer does not fit this "
-            "corpus (train one on it with python -m bertpt.tokenizer)"
+        raise UserError(
+            f"{report['unk_rate']:.1%} of the tokens are [UNK], so the tokenizer does not fit this "
+            "corpus — train one on it (drop tokenizer.path, or python -m bertpt.tokenizer)"
         )
 
 
-def _print(report: dict) -> None:
+def format_report(report: dict) -> str:
+    """The report as an aligned two-column table, rates as percentages."""
     pct = {"unk_rate", "random_pair_share", "truncation_rate", "padding_waste", "masking_rate"}
     pct |= {"mask_share", "random_share", "keep_share"}
+    lines = []
     for key, value in report.items():
         if key in pct:
-            print(f"{key:<20}{value:>14.2%}")
+            lines.append(f"  {key:<20}{value:>14.2%}")
         elif isinstance(value, float):
-            print(f"{key:<20}{value:>14.1f}")
+            lines.append(f"  {key:<20}{value:>14.1f}")
         elif isinstance(value, int):
-            print(f"{key:<20}{value:>14,}")
+            lines.append(f"  {key:<20}{value:>14,}")
         else:
-            print(f"{key:<20}{value!s:>14}")
+            lines.append(f"  {key:<20}{value!s:>14}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,9 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.json:
             print(json.dumps(report, indent=2))
         else:
-            _print(report)
+            print(format_report(report))
         check_data(report)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # UserError, or a bad argument value
         parser.exit(2, f"error: {e}\n")
 
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from bertpt.collator import MaskingCollator
 from bertpt.corpus import build_default_corpus, check_corpus, corpus_fingerprint
 from bertpt.data_report import check_data, data_report
+from bertpt.errors import UserError
 from bertpt.hf import copy_tokenizer
 from bertpt.pairs import NSPPairDataset
 from bertpt.store import DocumentStore, build_store
@@ -60,19 +61,29 @@ class ShardSampler(Sampler[tuple[int, int]]):
     """This rank's share of a per-epoch permutation, as ``(epoch, index)``, from a start batch.
 
     Every rank gets ``len // world`` indices (the remainder is dropped, so ranks stay in step).
-    With ``shuffle=False`` (validation) it always serves epoch 0 in order: Lightning calls
-    ``set_epoch`` on validation samplers too, and a validation set whose pairs and masks follow
-    the training epoch would not compare across steps.
+    With ``shuffle=False`` (validation) it always serves epochs ``0 .. passes-1`` in order, at
+    most ``limit`` keys: Lightning calls ``set_epoch`` on validation samplers too, and a
+    validation set whose pairs and masks follow the training epoch would not compare across
+    steps. Several passes over a small validation set give other pairs and masks each.
     """
 
     def __init__(
-        self, n: int, batch_size: int, rank: int, world: int, seed: int, shuffle: bool = True
+        self,
+        n: int,
+        batch_size: int,
+        rank: int,
+        world: int,
+        seed: int,
+        shuffle: bool = True,
+        passes: int = 1,
+        limit: int | None = None,
     ) -> None:
         self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
-        self.seed, self.shuffle = seed, shuffle
+        self.seed, self.shuffle, self.passes = seed, shuffle, passes
         self.epoch = 0
         self.start_batch = 0
-        self.per_rank = (n // world) // batch_size * batch_size if shuffle else n // world
+        total = min(n * passes, limit or n * passes)
+        self.per_rank = (n // world) // batch_size * batch_size if shuffle else total // world
 
     def set_epoch(self, epoch: int) -> None:
         if self.shuffle:
@@ -82,11 +93,11 @@ class ShardSampler(Sampler[tuple[int, int]]):
         return self.per_rank
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g)
-        else:
-            order = torch.arange(self.n)
+        if not self.shuffle:
+            keys = [(p, i) for p in range(self.passes) for i in range(self.n)]
+            return iter(keys[self.rank :: self.world][: self.per_rank])
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)
         mine = order[self.rank :: self.world][: self.per_rank].tolist()
         start, self.start_batch = self.start_batch * self.batch_size, 0
         return ((self.epoch, i) for i in mine[start:])
@@ -251,17 +262,22 @@ class PretrainDataModule(pl.LightningDataModule):
         return per_device_batch_size(self.data["global_batch_size"], world, accum)
 
     def _loader(
-        self, pairs: NSPPairDataset, collate, shuffle: bool, limit: int | None = None, progress=None
+        self,
+        pairs: NSPPairDataset,
+        collate,
+        shuffle: bool,
+        passes: int = 1,
+        limit: int | None = None,
+        progress=None,
     ) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         batch = self.per_device_batch_size()
-        n = min(len(pairs), limit) if limit else len(pairs)
-        sampler = ShardSampler(n, batch, rank, world, self.seed, shuffle=shuffle)
+        sampler = ShardSampler(len(pairs), batch, rank, world, self.seed, shuffle, passes, limit)
         if len(sampler) == 0:
-            raise ValueError(
-                f"{len(pairs)} pairs cannot fill one batch of {batch} on each of {world} device(s):"
-                " use a larger corpus or a smaller data.global_batch_size"
+            raise UserError(
+                f"{len(pairs)} pairs cannot fill one batch of {batch} on each of {world} device(s)"
+                " — use a larger corpus or a smaller data.global_batch_size"
             )
         return ResumableLoader(
             EpochPairs(pairs),
@@ -281,21 +297,24 @@ class PretrainDataModule(pl.LightningDataModule):
         def progress() -> int:
             return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
-        return self._loader(self.train_pairs, self.train_collator, shuffle=True, progress=progress)
+        return self._loader(self.train_pairs, self.train_collator, True, progress=progress)
 
     def val_dataloader(self) -> DataLoader:
-        # The first val_max_pairs pairs of epoch 0 with fixed masks: the same set at every check.
+        # The same pairs and masks at every check: the first val_max_pairs of epoch 0, or of
+        # epochs 0, 1, ... when one epoch has fewer than val_min_pairs.
         limit = self.data.get("val_max_pairs")
-        return self._loader(self.val_pairs, self.val_collator, shuffle=False, limit=limit)
+        wanted = min(self.data.get("val_min_pairs", 0), limit or math.inf)
+        passes = max(1, math.ceil(wanted / len(self.val_pairs)))
+        return self._loader(self.val_pairs, self.val_collator, False, passes, limit)
 
 
 def per_device_batch_size(global_batch: int, world: int, accumulation: int) -> int:
     """``global / (devices x nodes x accumulation)``, which must divide exactly."""
     denom = world * accumulation
     if global_batch % denom or global_batch < denom:
-        raise ValueError(
+        raise UserError(
             f"data.global_batch_size ({global_batch}) is not divisible by devices x nodes x "
-            f"accumulate_grad_batches ({world} x {accumulation} = {denom}): pick a multiple of "
+            f"accumulate_grad_batches ({world} x {accumulation} = {denom}) — pick a multiple of "
             f"{denom}, e.g. {max(denom, math.ceil(global_batch / denom) * denom)}"
         )
     return global_batch // denom

@@ -15,7 +15,8 @@ from typing import Any
 
 import hydra
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
@@ -30,6 +31,15 @@ class _AppendingWriter(ExperimentWriter):
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's W&B logger (conf/logger/wandb.yaml) without the ``anonymous`` argument it
+    always passes, which current wandb warns about on every run and ignores."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._wandb_init.pop("anonymous", None)
 
 
 class CSVLogger(LightningCSVLogger):
@@ -47,9 +57,9 @@ class CSVLogger(LightningCSVLogger):
 def _start(name: str, conf: Any, wandb_id: str | None) -> Logger | None:
     try:
         is_wandb = str(conf.get("_target_", "")).endswith("WandbLogger")
-        extra = {"id": wandb_id, "resume": "allow"} if is_wandb and wandb_id else {}
+        extra = {"id": wandb_id} if is_wandb and wandb_id else {}  # Lightning resumes by id
         logger = hydra.utils.instantiate(conf, **extra)
-        if isinstance(logger, WandbLogger):
+        if isinstance(logger, LightningWandbLogger):
             logger.experiment  # noqa: B018  (starts the run on rank 0; a no-op on other ranks)
     except Exception as e:  # a logger is optional: whatever stops it, the run goes on without it
         cause = e.__cause__ or e
@@ -70,7 +80,7 @@ def build_loggers(group: Any, output_dir: str | Path, wandb_id: str | None) -> l
             logger = _start(name, conf, wandb_id)
             failed |= logger is None
             loggers += [logger] if logger else []
-    if failed and not any(isinstance(lg, CSVLogger) for lg in loggers):
+    if failed and not any(isinstance(lg, LightningCSVLogger) for lg in loggers):
         loggers.append(CSVLogger(save_dir=output_dir, name="csv", version=""))
     return loggers
 
@@ -79,5 +89,5 @@ def finish_loggers(loggers: list[Logger]) -> None:
     """End the W&B run of this job, so that the next job of a sweep (same process) starts its
     own instead of logging into this one."""
     for logger in loggers:
-        if isinstance(logger, WandbLogger):
+        if isinstance(logger, LightningWandbLogger):
             logger.experiment.finish()  # a no-op stand-in on ranks other than 0

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.distributed.fsdp import FullyShardedDataParallel
 
+from bertpt.data_report import format_report
 from bertpt.errors import UserError
 from bertpt.model import BertConfig, BertForPreTraining
 from bertpt.tokenizer import tokenizer_hash
@@ -106,7 +107,7 @@ class BertPretrainModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         report = getattr(self.trainer.datamodule, "report", None)
         if report and self.trainer.is_global_zero:
-            log.info("data report: %s", report)
+            log.info("data:\n%s", format_report(report))
             for lg in self.trainer.loggers:
                 lg.log_hyperparams({"data_report": report})
 
@@ -217,36 +218,39 @@ class BertPretrainModule(pl.LightningModule):
     # --- validation ---------------------------------------------------------------------------
 
     def on_validation_epoch_start(self) -> None:
-        # sums of: mlm loss x masked, masked, mlm correct, nsp correct, sequences
-        self._val_sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+        # sums of: mlm loss x masked, masked, mlm correct, nsp loss x sequences, nsp correct,
+        # sequences
+        self._val_sums = torch.zeros(6, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.model(**batch)
         m = self._metrics(batch, out)
+        n_seq = m["n_seq"].double()
         self._val_sums += torch.stack(
             [
                 out.mlm_loss.double() * m["n_masked"],
                 m["n_masked"].double(),
                 m["mlm_correct"].double(),
+                out.nsp_loss.double() * n_seq,
                 m["nsp_correct"].double(),
-                m["n_seq"].double(),
+                n_seq,
             ]
         )
 
     def on_validation_epoch_end(self) -> None:
         sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
-        loss_x_n, n_masked, mlm_correct, nsp_correct, n_seq = sums.tolist()
-        mlm_loss = loss_x_n / max(n_masked, 1)
+        mlm_x_n, n_masked, mlm_correct, nsp_x_n, nsp_correct, n_seq = sums.tolist()
+        mlm_loss = mlm_x_n / max(n_masked, 1)
         metrics = {
             "val/mlm_loss": mlm_loss,
             "val/mlm_acc": mlm_correct / max(n_masked, 1),
+            "val/nsp_loss": nsp_x_n / max(n_seq, 1),
             "val/nsp_acc": nsp_correct / max(n_seq, 1),
             "val/perplexity": math.exp(min(mlm_loss, 50.0)),
         }
         for name, value in metrics.items():
-            self.log(
-                name, value, prog_bar=name == "val/mlm_acc", sync_dist=False, rank_zero_only=False
-            )
+            # Already summed over the ranks: the same value everywhere, whose mean is itself.
+            self.log(name, value, prog_bar=name == "val/mlm_acc", sync_dist=True)
 
     # --- optimizer ----------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from bertpt.errors import UserError
 from bertpt.store import DocumentStore, build_store
 
 _PLAN_TAG = 0x9A125  # domain-separates the planner's random stream from other users of the seed
@@ -83,7 +84,7 @@ def plan_epoch(
     D = len(store)
     random_b = objective == "nsp" and nsp_probability > 0
     if random_b and D < 2:
-        raise ValueError(f"a random next sentence needs >= 2 documents, the store has {D}")
+        raise UserError(f"a random next sentence needs >= 2 documents, the store has {D}")
     rng = np.random.default_rng([seed, epoch, _PLAN_TAG])
     ptr = starts.copy()
     active = np.arange(D)
@@ -171,20 +172,20 @@ class NSPPairDataset(Dataset):
         sep_id: int = 3,
     ) -> None:
         if objective not in ("nsp", "sop"):
-            raise ValueError(f"objective must be 'nsp' or 'sop', not {objective!r}")
+            raise UserError(f"objective must be 'nsp' or 'sop', not {objective!r}")
         if max_seq_length < 5:
-            raise ValueError(
+            raise UserError(
                 f"max_seq_length ({max_seq_length}) must be at least 5: [CLS] A [SEP] B [SEP]"
             )
         if not 0 <= nsp_probability <= 1 or not 0 <= short_seq_prob <= 1:
-            raise ValueError(
+            raise UserError(
                 f"nsp_probability ({nsp_probability}) and short_seq_prob ({short_seq_prob}) "
                 "must be in [0, 1]"
             )
         if len(store) == 0:
-            raise ValueError("the document store is empty: the corpus yields no tokens")
+            raise UserError("the document store is empty: the corpus yields no tokens")
         if objective == "nsp" and nsp_probability > 0 and len(store) < 2:
-            raise ValueError(
+            raise UserError(
                 f"next-sentence prediction needs at least 2 documents, the corpus has {len(store)}:"
                 " separate documents with a blank line (BERT format) or use objective='sop'"
             )
@@ -200,7 +201,7 @@ class NSPPairDataset(Dataset):
         self._plan_epoch = 0
         self._len = self._plan["label"].size if self._plan else 0
         if self._len == 0:
-            raise ValueError("no usable pair: every document holds fewer than two tokens")
+            raise UserError("no usable pair: every document holds fewer than two tokens")
 
     @classmethod
     def from_files(

@@ -34,21 +34,6 @@ class Resume:
     hparams: dict[str, Any]
 
 
-def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> Path | None:
-    """``last`` -> this run's last.ckpt; a run folder -> its last.ckpt; else the path given."""
-    if ckpt_path is None:
-        return None
-    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise UserError(
-            f"no checkpoint at {path} — give a .ckpt file or a run folder, or use "
-            "ckpt_path=last with hydra.run.dir set to the run to resume"
-        )
-    return path
-
-
 def read_resume(path: Path, model_config: dict[str, Any]) -> Resume:
     """Read the checkpoint and check that this run's model settings are the ones it trained."""
     ckpt = load_checkpoint_file(path)

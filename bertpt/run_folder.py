@@ -14,6 +14,7 @@ import csv
 import fcntl
 import os
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -75,11 +76,35 @@ def claim(run_dir: Path, resume_step: int | None) -> Iterator[None]:
             )
         if resume_step is not None:
             keep_metrics_before(run_dir, resume_step)
-        yield
+        try:
+            yield
+        except BaseException:
+            if resume_step is None:
+                _remove_if_nothing_to_keep(run_dir)
+            raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()  # still locked by us: the next run finds no holder
         os.close(fd)
+
+
+# What Hydra and a run write into a run folder; a fresh run that failed before it logged a
+# metric or wrote a checkpoint takes them away again (nothing else: the folder may be the user's).
+RUN_ENTRIES = (".hydra", "checkpoints", "csv", "wandb", "tokenizer", "hf", "tensorboard")
+
+
+def _remove_if_nothing_to_keep(run_dir: Path) -> None:
+    metrics = run_dir / METRICS
+    logged = metrics.is_file() and len(metrics.read_text().splitlines()) > 1  # beyond a header
+    if logged or (run_dir / LAST).is_file():
+        return
+    for name in RUN_ENTRIES:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for log in run_dir.glob("*.log"):  # Hydra's job log
+        log.unlink(missing_ok=True)
+    (run_dir / LOCK).unlink(missing_ok=True)  # ours, still held: no other run is in there
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only if nothing else is left in it
 
 
 def keep_metrics_before(run_dir: Path, step: int) -> None:

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from bertpt.atomic import remove_stale_temps, temp_dir_beside
 from bertpt.corpus import corpus_fingerprint, read_documents
+from bertpt.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +183,11 @@ class DocumentStore:
         pairs can draw their random B from another validation document.
         """
         if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction ({val_fraction}) must be in (0, 1)")
+            raise UserError(f"val_fraction ({val_fraction}) must be in (0, 1)")
         n = len(self)
         n_val = max(2 if n >= 4 else 1, round(n * val_fraction))
         if n - n_val < 1:
-            raise ValueError(f"cannot split {n} document(s) with val_fraction={val_fraction}")
+            raise UserError(f"cannot split {n} document(s) with val_fraction={val_fraction}")
         base = np.arange(n) if self.doc_ids is None else self.doc_ids
         perm = np.random.default_rng([seed, 0x5B17]).permutation(n)
         val, train = np.sort(base[perm[:n_val]]), np.sort(base[perm[n_val:]])
@@ -332,6 +333,8 @@ def build_store(
                 raise
     store = DocumentStore.load(target)
     if len(store) == 0:
-        raise ValueError(f"corpus {source} yields no tokens: it is empty or holds only whitespace")
+        raise UserError(
+            f"corpus {source} yields no tokens — give a corpus with text, not only whitespace"
+        )
     log.info("document store built: %s (%d documents)", target, len(store))
     return store

@@ -30,7 +30,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from bertpt.corpus import Source, check_corpus, corpus_fingerprint, read_documents
-from bertpt.errors import UserError
+from bertpt.errors import UserError, exit_on_user_error
 from bertpt.wordpiece import count_words, train_vocab
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,9 @@ def train_tokenizer(
     """
     out = Path(out_dir)
     if vocab_size <= len(SPECIAL_TOKENS):
-        raise ValueError(
-            f"vocab_size ({vocab_size}) must exceed the {len(SPECIAL_TOKENS)} specials"
+        raise UserError(
+            f"vocab_size ({vocab_size}) does not exceed the {len(SPECIAL_TOKENS)} special tokens "
+            "— ask for more"
         )
     check_corpus(files, format, text_column)
     meta = {
@@ -155,9 +156,9 @@ def train_tokenizer(
         if old == meta:
             log.info("tokenizer in %s already trained with these settings: reusing it", out)
             return out
-        raise FileExistsError(
-            f"{out} already holds a different tokenizer (trained with {old or 'unknown settings'}):"
-            " pass overwrite=True (--overwrite) or choose another folder"
+        raise UserError(
+            f"{out} already holds a different tokenizer (trained with {old or 'unknown settings'})"
+            " — pass overwrite=True (--overwrite) or choose another folder"
         )
 
     tok = build_tokenizer(lowercase)
@@ -173,9 +174,9 @@ def train_tokenizer(
     _set_vocab(tok, vocab)
     got = tok.get_vocab_size()
     if got < MIN_VOCAB_SHARE * vocab_size:
-        raise ValueError(
+        raise UserError(
             f"the corpus yields a vocabulary of only {got} tokens, far fewer than vocab_size "
-            f"({vocab_size}): use a larger corpus or ask for vocab_size <= {got}"
+            f"({vocab_size}) — use a larger corpus or ask for vocab_size <= {got}"
         )
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
     _add_template(tok)
@@ -195,8 +196,8 @@ def train_tokenizer(
         if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise
         if _saved_meta(out) != meta:
-            raise FileExistsError(
-                f"{out} is not empty and holds no tokenizer of these settings: choose a new or "
+            raise UserError(
+                f"{out} is not empty and holds no tokenizer of these settings — choose a new or "
                 "empty folder, or pass overwrite=True (--overwrite)"
             ) from None
         log.info("tokenizer in %s was trained by another process meanwhile: reusing it", out)
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a different tokenizer")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with exit_on_user_error():
         out = train_tokenizer(
             args.corpus if len(args.corpus) > 1 else args.corpus[0],
             args.out,
@@ -275,8 +276,6 @@ def main(argv: list[str] | None = None) -> None:
             text_column=args.text_column,
             overwrite=args.overwrite,
         )
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        parser.exit(2, f"error: {e}\n")
     print(f"tokenizer: {out} ({load_tokenizer(out).get_vocab_size()} tokens)")
 
 

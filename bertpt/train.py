@@ -1,177 +1,49 @@
 """Pretrain BERT: ``python -m bertpt.train +experiment=mini [key=value ...]``.
 
-``train(cfg)`` builds everything from a composed config, fits, exports and returns the metrics;
-``main`` is the Hydra wrapper around it. Tests call ``train`` directly.
+``train(cfg)`` checks a composed config, then builds everything, fits, exports and returns the
+metrics; ``main`` is the Hydra wrapper around it. Tests call ``train`` directly.
+
+A user's mistake stops the command in one line, ``error: <what> — <fix>``, exit status 2, before
+torch and Lightning are imported and before Hydra makes the run folder: the command line is
+checked first, then the composed config (a Hydra callback, conf/hydra/default.yaml).
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
+import sys
 from pathlib import Path
-from typing import Any
 
 import hydra
-import lightning.pytorch as pl
-import torch
-from lightning.pytorch.plugins.io import CheckpointIO
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
 
-from bertpt import run_folder
-from bertpt.checkpoint import AtomicCheckpointIO
-from bertpt.datamodule import PretrainDataModule
+from bertpt.config_check import check_config, check_overrides
 from bertpt.errors import exit_on_user_error
-from bertpt.export import model_from_module_state
-from bertpt.hf import to_hf
-from bertpt.loggers import build_loggers, finish_loggers
-from bertpt.model import BertConfig
-from bertpt.module import BertPretrainModule
-from bertpt.preflight import Resume, choose_tokenizer, read_resume, resolve_checkpoint
-
-log = logging.getLogger("bertpt.train")
-
-# Keys of conf/trainer that change only the speed and that Lightning's Trainer does not take.
-SPEED_KEYS = ("num_workers", "pad_to_multiple_of", "compile", "fused_optimizer")
-
-
-def _fit_to_machine(trainer_cfg: dict[str, Any]) -> None:
-    """Run a GPU config on a machine without a GPU: warn and use what the CPU supports."""
-    if trainer_cfg.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
-        log.warning(
-            "no GPU here: running on the CPU with 1 device, fp32 (asked: %s devices, %s, %s)",
-            trainer_cfg.get("devices"),
-            trainer_cfg.get("strategy"),
-            trainer_cfg.get("precision"),
-        )
-        trainer_cfg.update(accelerator="cpu", devices=1, strategy="auto", precision="32-true")
-    elif not torch.cuda.is_available() and str(trainer_cfg.get("precision")).startswith("16"):
-        log.warning("fp16 needs a GPU: using 32-true on the CPU")
-        trainer_cfg["precision"] = "32-true"
-
-
-def _check_config(cfg: DictConfig) -> dict[str, Any]:
-    """Fail in one line, before any long work, on settings that cannot work together."""
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.pop("init_from", None)
-    BertConfig(**model_cfg)  # validates sizes, heads, activation
-    seq, pos = cfg.data.max_seq_length, model_cfg["max_position_embeddings"]
-    if seq > pos:
-        raise ValueError(
-            f"data.max_seq_length ({seq}) exceeds model.max_position_embeddings ({pos}): "
-            f"lower data.max_seq_length or raise model.max_position_embeddings"
-        )
-    return model_cfg
-
-
-def _instantiate_all(group: DictConfig | None) -> list:
-    if not group:
-        return []
-    return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
-
-
-def build_trainer(
-    cfg: DictConfig, wandb_id: str | None = None
-) -> tuple[pl.Trainer, dict[str, Any]]:
-    """The Trainer of conf/trainer (fitted to this machine), and the speed keys it does not take."""
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    speed = {k: trainer_cfg.pop(k, None) for k in SPEED_KEYS}
-    _fit_to_machine(trainer_cfg)
-    plugins = [hydra.utils.instantiate(p) for p in trainer_cfg.pop("plugins", None) or []]
-    if not any(isinstance(p, CheckpointIO) for p in plugins):
-        plugins.append(AtomicCheckpointIO())  # a crash mid-write never leaves a corrupt last.ckpt
-    trainer: pl.Trainer = hydra.utils.instantiate(
-        trainer_cfg,
-        callbacks=_instantiate_all(cfg.get("callbacks")),
-        logger=build_loggers(cfg.get("logger"), cfg.paths.output_dir, wandb_id) or False,
-        plugins=plugins,
-    )
-    return trainer, speed
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Pretrain with a composed config; return the final metrics (for sweepers and tests)."""
-    model_cfg = _check_config(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    ckpt = resolve_checkpoint(cfg.ckpt_path, output_dir)
-    resume = read_resume(ckpt, model_cfg) if ckpt else None
-    init_from = cfg.model.get("init_from")
-    tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
-    tokenizer_cfg["path"] = choose_tokenizer(tokenizer_cfg, resume, init_from)
+    check_config(cfg, Path(cfg.paths.output_dir))
+    from bertpt.pretrain import pretrain  # torch and Lightning: only for a good config
 
-    with run_folder.claim(output_dir, resume.step if resume else None):
-        pl.seed_everything(cfg.seed, workers=True)
-        wandb_id = None
-        if run_folder.is_launching_process():
-            wandb_id = run_folder.wandb_run_id(output_dir, resume=resume is not None)
-        trainer, speed = build_trainer(cfg, wandb_id)
-        try:
-            return _fit(cfg, trainer, speed, model_cfg, tokenizer_cfg, resume)
-        finally:
-            finish_loggers(trainer.loggers)
-
-
-def _fit(
-    cfg: DictConfig,
-    trainer: pl.Trainer,
-    speed: dict[str, Any],
-    model_cfg: dict[str, Any],
-    tokenizer_cfg: dict[str, Any],
-    resume: Resume | None,
-) -> dict[str, float]:
-    output_dir = Path(cfg.paths.output_dir)
-    datamodule = PretrainDataModule(
-        data=OmegaConf.to_container(cfg.data, resolve=True),
-        tokenizer=tokenizer_cfg,
-        paths=OmegaConf.to_container(cfg.paths, resolve=True),
-        seed=cfg.seed,
-        num_workers=speed["num_workers"] or 0,
-        pad_to_multiple_of=speed["pad_to_multiple_of"],
-    )
-    module = BertPretrainModule(
-        model_config=model_cfg,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        init_from=cfg.model.get("init_from"),
-        on_nan=cfg.on_nan,
-        max_skipped_steps=cfg.max_skipped_steps,
-        compile=bool(speed["compile"]),
-        fused_optimizer=bool(speed["fused_optimizer"]),
-    )
-
-    run_config = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
-    run_config = OmegaConf.to_container(OmegaConf.create(run_config), resolve=True)
-    for lg in trainer.loggers:
-        lg.log_hyperparams(run_config)
-
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path if resume else None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    # Every rank takes part: under FSDP this gathers the full weights from the shards (to rank 0).
-    weights = trainer.strategy.lightning_module_state_dict() if cfg.export_hf else None
-
-    if not trainer.is_global_zero:
-        return metrics
-    metrics_msg = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k)
-    ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-    print(f"\nbertpt: done. {metrics_msg}")
-    if module.skipped_steps:
-        steps = ", ".join(map(str, module.skipped_steps))
-        print(f"bertpt: skipped steps:       {len(module.skipped_steps)} ({steps}), on_nan=skip")
-    print(f"bertpt: checkpoint:          {ckpt or '(none)'}")
-    if cfg.export_hf:
-        model = model_from_module_state(weights, module.hparams.model_config, "the trained model")
-        info = {"source": str(output_dir.resolve()), "global_step": trainer.global_step}
-        tokenizer = datamodule.run_tokenizer_dir or datamodule.tokenizer_dir
-        hf_dir = to_hf(model, output_dir / "hf", tokenizer_dir=tokenizer, info=info)
-        print(f"bertpt: Hugging Face export: {hf_dir}")
-    return metrics
+    return pretrain(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with exit_on_user_error():
+    # In a sweep a job's mistake fails that job (Hydra goes on with the others and the sweep's
+    # summary names it); in a single run it ends the command in one line.
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    with contextlib.nullcontext() if sweep else exit_on_user_error():
         metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric") or "", None)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with exit_on_user_error():
+        check_overrides(sys.argv[1:])
     main()

@@ -55,7 +55,7 @@ def count_words(
     always ends a word.
     """
     pieces: Counter[str] = Counter()
-    progress = {"mininterval": 1.0, "disable": not show_progress}
+    progress = {"mininterval": 1.0, "delay": 5, "disable": not show_progress}
     for batch in _batched(tqdm(sentences, "count words", unit=" sentences", **progress), 10_000):
         pieces.update(" ".join(batch).split(" "))
     words: Counter[str] = Counter()
@@ -87,6 +87,7 @@ def train_vocab(
         desc="train vocabulary",
         unit=" tokens",
         mininterval=1.0,
+        delay=5,
         disable=not show_progress,
     )
     chars = _char_counts(word_counts)

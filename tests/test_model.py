@@ -220,7 +220,8 @@ PRESETS = {
 def test_model_presets(name):
     d = yaml.safe_load((Path(__file__).parents[1] / "conf" / "model" / f"{name}.yaml").read_text())
     assert d.pop("init_from") is None
-    config = BertConfig.from_dict(d)
+    assert d.pop("vocab_size") == "${tokenizer.vocab_size}"  # one owner: the tokenizer
+    config = BertConfig.from_dict({**d, "vocab_size": 30522})
     hidden = PRESETS[name][1]
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == PRESETS[
         name

@@ -67,7 +67,7 @@ def test_crashed_jobs_are_failed_rows_and_the_sweep_still_fails(tmp_path):
     ]
     assert all("exceeds model.max_position_embeddings" in r["note"] for r in rows)
     assert f"sweep {sweep.resolve()}: 2 jobs: 2 failed" in proc.stdout
-    assert "job 0: ValueError: data.max_seq_length (100000)" in proc.stdout
+    assert "job 0: UserError: data.max_seq_length=100000 exceeds" in proc.stdout
 
 
 def make_job(

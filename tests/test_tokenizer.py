@@ -95,7 +95,7 @@ def test_reuse_and_refuse_different(default_corpus, tokenizer_dir, tmp_path):
         == tokenizer_dir
     )
     assert (tokenizer_dir / "tokenizer.json").stat().st_mtime_ns == before  # reused, not retrained
-    with pytest.raises(FileExistsError, match=r"already holds a different tokenizer.*overwrite"):
+    with pytest.raises(UserError, match=r"already holds a different tokenizer.*overwrite"):
         train_tokenizer(default_corpus, tokenizer_dir, vocab_size=1000, show_progress=False)
     copy = tmp_path / "t"
     train_tokenizer(default_corpus, copy, vocab_size=2000, show_progress=False)
@@ -136,7 +136,7 @@ def test_concurrent_trainers_share_one_folder(default_corpus, tmp_path):
 
 def test_folder_with_other_files_is_refused(default_corpus, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(UserError, match="not empty"):
         train_tokenizer(default_corpus, tmp_path, vocab_size=1000, show_progress=False)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 

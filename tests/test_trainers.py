@@ -188,7 +188,6 @@ def test_wandb_that_cannot_start_falls_back_to_csv(tmp_path, data_dir, caplog):
         "+debug=fast",
         "logger=wandb",
         "export_hf=false",
-        "+logger.wandb.settings._target_=builtins.dict",
         "+logger.wandb.settings.mode=bogus",
     )
     with caplog.at_level("WARNING", logger="bertpt.loggers"):

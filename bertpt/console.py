@@ -1,0 +1,108 @@
+"""What a run shows on the console: one progress bar over the whole run, and none of our
+dependencies' tips and notices that say nothing about the run.
+
+The filters name each notice by its text and origin, so any other warning still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+# (message regex, why it says nothing to a bertpt user)
+IGNORED_WARNINGS = (
+    # Lightning's own code calls a torch helper that torch has deprecated.
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # A resume writes into its own checkpoint folder by design; a fresh run never writes into
+    # a used folder (bertpt.run_folder refuses it).
+    (r"Checkpoint directory .* exists and is not empty", UserWarning),
+    # on_nan=skip returns None on purpose, and bertpt logs the skipped step itself.
+    (r"`training_step` returned `None`", UserWarning),
+)
+
+
+# Logged metric -> its name on the progress bar.
+SHOWN = {
+    "train/loss": "loss",
+    "train/mlm_acc": "mlm_acc",
+    "train/seq_per_s": "seq/s",
+    "val/mlm_acc": "val_mlm_acc",
+}
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger ("💡 Tip: ... litlogger")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The console's log lines (conf/hydra/default.yaml): a message as it is, a warning or
+    error with its level in front; train.log keeps times and logger names."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {text}"
+
+
+def quiet_dependencies() -> None:
+    """Install the filters (idempotent)."""
+    for message, category in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoTips())
+    # `import lightning` gives its logger a console handler of its own, and the messages also
+    # reach the root logger's: where Hydra has set those up, each would print twice.
+    if logging.getLogger().handlers:
+        lightning = logging.getLogger("lightning")
+        for handler in list(lightning.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning.removeHandler(handler)
+
+
+class RunProgressBar(TQDMProgressBar):
+    """One bar for the whole run: optimizer steps out of ``max_steps`` (not batches per epoch),
+    with the training loss, masked-token accuracy, sequences per second and, once validated,
+    the validation accuracy. Validation itself runs without a bar of its own."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        shown = {}
+        for key, name in SHOWN.items():
+            value = trainer.callback_metrics.get(key)
+            if value is not None:
+                shown[name] = f"{float(value):.0f}" if key.endswith("per_s") else f"{value:.3g}"
+        return shown
+
+    def on_train_start(self, trainer: pl.Trainer, *_: Any) -> None:
+        self.train_progress_bar = Tqdm(
+            desc="train",
+            total=trainer.max_steps,
+            initial=trainer.global_step,  # a resume starts where it was
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
+        pass  # one bar for the run, not one per epoch
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self._should_update(step, self.train_progress_bar.total):
+            self.train_progress_bar.n = step
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)

@@ -1,0 +1,161 @@
+"""Build and run a pretraining run from a checked config: Trainer, data, module, fit, export.
+
+This is the heavy half of ``python -m bertpt.train`` (torch, Lightning); ``bertpt.train`` checks
+the config first and imports this only when the config is good.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.plugins.io import CheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from bertpt import run_folder
+from bertpt.checkpoint import AtomicCheckpointIO
+from bertpt.config_check import checkpoint_path
+from bertpt.console import quiet_dependencies
+from bertpt.datamodule import PretrainDataModule
+from bertpt.export import model_from_module_state
+from bertpt.hf import to_hf
+from bertpt.loggers import build_loggers, finish_loggers
+from bertpt.module import BertPretrainModule
+from bertpt.preflight import Resume, choose_tokenizer, read_resume
+
+log = logging.getLogger(__name__)
+
+# Keys of conf/trainer that change only the speed and that Lightning's Trainer does not take.
+SPEED_KEYS = ("num_workers", "pad_to_multiple_of", "compile", "fused_optimizer")
+
+
+def _fit_to_machine(trainer_cfg: dict[str, Any]) -> None:
+    """Run a GPU config on a machine without a GPU: warn and use what the CPU supports."""
+    if trainer_cfg.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        log.warning(
+            "no GPU here: running on the CPU with 1 device, fp32 (asked: %s devices, %s, %s)",
+            trainer_cfg.get("devices"),
+            trainer_cfg.get("strategy"),
+            trainer_cfg.get("precision"),
+        )
+        trainer_cfg.update(accelerator="cpu", devices=1, strategy="auto", precision="32-true")
+    elif not torch.cuda.is_available() and str(trainer_cfg.get("precision")).startswith("16"):
+        log.warning("fp16 needs a GPU: using 32-true on the CPU")
+        trainer_cfg["precision"] = "32-true"
+
+
+def _model_config(cfg: DictConfig) -> dict[str, Any]:
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.pop("init_from", None)
+    return model_cfg
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    if not group:
+        return []
+    return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
+
+
+def build_trainer(
+    cfg: DictConfig, wandb_id: str | None = None
+) -> tuple[pl.Trainer, dict[str, Any]]:
+    """The Trainer of conf/trainer (fitted to this machine), and the speed keys it does not take."""
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    speed = {k: trainer_cfg.pop(k, None) for k in SPEED_KEYS}
+    _fit_to_machine(trainer_cfg)
+    plugins = [hydra.utils.instantiate(p) for p in trainer_cfg.pop("plugins", None) or []]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())  # a crash mid-write never leaves a corrupt last.ckpt
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        trainer_cfg,
+        callbacks=_instantiate_all(cfg.get("callbacks")),
+        logger=build_loggers(cfg.get("logger"), cfg.paths.output_dir, wandb_id) or False,
+        plugins=plugins,
+    )
+    return trainer, speed
+
+
+def pretrain(cfg: DictConfig) -> dict[str, float]:
+    """Pretrain with a composed, checked config; return the final metrics."""
+    quiet_dependencies()
+    model_cfg = _model_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt = checkpoint_path(cfg.ckpt_path, output_dir) if cfg.ckpt_path else None
+    resume = read_resume(ckpt, model_cfg) if ckpt else None
+    init_from = cfg.model.get("init_from")
+    tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
+    tokenizer_cfg["path"] = choose_tokenizer(tokenizer_cfg, resume, init_from)
+
+    with run_folder.claim(output_dir, resume.step if resume else None):
+        pl.seed_everything(cfg.seed, workers=True)
+        datamodule = PretrainDataModule(
+            data=OmegaConf.to_container(cfg.data, resolve=True),
+            tokenizer=tokenizer_cfg,
+            paths=OmegaConf.to_container(cfg.paths, resolve=True),
+            seed=cfg.seed,
+            num_workers=cfg.trainer.num_workers or 0,
+            pad_to_multiple_of=cfg.trainer.pad_to_multiple_of,
+        )
+        wandb_id = None
+        if run_folder.is_launching_process():
+            # Corpus, tokenizer and tokenized store before the loggers and the Trainer start, so
+            # data that cannot work stops the run in one line. Lightning's prepare_data finds
+            # them cached here (and prepares them on the other nodes).
+            datamodule.prepare_data()
+            wandb_id = run_folder.wandb_run_id(output_dir, resume=resume is not None)
+        trainer, speed = build_trainer(cfg, wandb_id)
+        try:
+            return _fit(cfg, trainer, speed, model_cfg, datamodule, resume)
+        finally:
+            finish_loggers(trainer.loggers)
+
+
+def _fit(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    speed: dict[str, Any],
+    model_cfg: dict[str, Any],
+    datamodule: PretrainDataModule,
+    resume: Resume | None,
+) -> dict[str, float]:
+    output_dir = Path(cfg.paths.output_dir)
+    module = BertPretrainModule(
+        model_config=model_cfg,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        init_from=cfg.model.get("init_from"),
+        on_nan=cfg.on_nan,
+        max_skipped_steps=cfg.max_skipped_steps,
+        compile=bool(speed["compile"]),
+        fused_optimizer=bool(speed["fused_optimizer"]),
+    )
+
+    run_config = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
+    run_config = OmegaConf.to_container(OmegaConf.create(run_config), resolve=True)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(run_config)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path if resume else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # Every rank takes part: under FSDP this gathers the full weights from the shards (to rank 0).
+    weights = trainer.strategy.lightning_module_state_dict() if cfg.export_hf else None
+
+    if not trainer.is_global_zero:
+        return metrics
+    metrics_msg = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k)
+    ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+    print(f"\nbertpt: done. {metrics_msg}")
+    if module.skipped_steps:
+        steps = ", ".join(map(str, module.skipped_steps))
+        print(f"bertpt: skipped steps:       {len(module.skipped_steps)} ({steps}), on_nan=skip")
+    print(f"bertpt: checkpoint:          {ckpt or '(none)'}")
+    if cfg.export_hf:
+        model = model_from_module_state(weights, module.hparams.model_config, "the trained model")
+        info = {"source": str(output_dir.resolve()), "global_step": trainer.global_step}
+        tokenizer = datamodule.run_tokenizer_dir or datamodule.tokenizer_dir
+        hf_dir = to_hf(model, output_dir / "hf", tokenizer_dir=tokenizer, info=info)
+        print(f"bertpt: Hugging Face export: {hf_dir}")
+    return metrics
