@@ -226,13 +226,6 @@ def _check_optim(cfg: DictConfig) -> None:
         f"optim.warmup_steps={warmup} is negative or not an integer",
         "use optim.warmup_steps >= 0",
     )
-    steps = _get(cfg, "optim.max_steps")
-    _require(
-        warmup < steps,
-        f"optim.warmup_steps={warmup} is not below optim.max_steps={steps}: the learning rate "
-        "would never reach optim.lr",
-        "lower optim.warmup_steps",
-    )
     _require(
         _number(cfg, "optim.weight_decay") >= 0,
         "optim.weight_decay is negative",

@@ -90,16 +90,23 @@ def model_from_module_state(
     return model
 
 
-def _load_ckpt(path: Path) -> tuple[BertForPreTraining, dict[str, Any]]:
-    """The model of a bertpt Lightning checkpoint, and its `hyper_parameters` + `global_step`."""
+def load_bertpt_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint that a bertpt run wrote, loaded as data only; a UserError for anything else
+    (it needs ``state_dict``, ``global_step`` and ``hyper_parameters['model_config']``)."""
     ckpt = load_checkpoint_file(path)
     hparams = ckpt.get("hyper_parameters") or {}
-    if "model_config" not in hparams or "state_dict" not in ckpt:
+    if not {"state_dict", "global_step"} <= set(ckpt) or "model_config" not in hparams:
         raise UserError(
-            f"{path} is not a bertpt Lightning checkpoint (it lacks state_dict or "
-            "hyper_parameters['model_config']) — pass a .ckpt from a bertpt run, or a state dict "
-            "with --config"
+            f"{path} is not a bertpt Lightning checkpoint (it lacks state_dict, global_step or "
+            "hyper_parameters['model_config']) — pass a .ckpt that a bertpt run wrote"
         )
+    return ckpt
+
+
+def _load_ckpt(path: Path) -> tuple[BertForPreTraining, dict[str, Any]]:
+    """The model of a bertpt Lightning checkpoint, and its `hyper_parameters` + `global_step`."""
+    ckpt = load_bertpt_checkpoint(path)
+    hparams = ckpt["hyper_parameters"]
     model = model_from_module_state(ckpt["state_dict"], hparams["model_config"], str(path))
     return model, {**hparams, "global_step": ckpt.get("global_step")}
 

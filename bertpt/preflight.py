@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bertpt.errors import UserError
-from bertpt.hf import WEIGHT_FILES, load_checkpoint_file, read_state_dict
+from bertpt.export import load_bertpt_checkpoint
+from bertpt.hf import WEIGHT_FILES, read_state_dict
 from bertpt.tokenizer import load_tokenizer, tokenizer_hash
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,8 @@ class Resume:
 
 def read_resume(path: Path, model_config: dict[str, Any]) -> Resume:
     """Read the checkpoint and check that this run's model settings are the ones it trained."""
-    ckpt = load_checkpoint_file(path)
-    hparams = ckpt.get("hyper_parameters") or {}
-    if "global_step" not in ckpt or "model_config" not in hparams:
-        raise UserError(
-            f"{path} is not a bertpt training checkpoint (no global_step or model_config) — "
-            "resume from a .ckpt that a bertpt run wrote"
-        )
+    ckpt = load_bertpt_checkpoint(path)
+    hparams = ckpt["hyper_parameters"]
     trained = hparams["model_config"]
     ignore = {"vocab_size", "init_from", *SPEED_ONLY}  # the vocabulary is the tokenizer's
     differ = [
@@ -112,8 +108,7 @@ def choose_tokenizer(
 ) -> str | None:
     """The tokenizer folder this run must use (None: train or reuse one for the corpus)."""
     path, allow = tokenizer_cfg.get("path"), bool(tokenizer_cfg.get("allow_mismatch"))
-    if path is not None:
-        load_tokenizer(path)  # a missing or broken tokenizer.path is an error, not a new one
+    if path is not None:  # checked with the config: it exists and is a tokenizer
         path = str(Path(path).resolve())
     if resume is not None:
         return _resume_tokenizer(resume, path, allow)
@@ -124,13 +119,9 @@ def choose_tokenizer(
 
 
 def check_init_from(folder: Path) -> None:
-    """A Hugging Face BERT folder with a readable config and weights; pickled weights are read
-    here, memory-mapped and as data only, so a file that would run code stops the run now."""
-    if not (folder / "config.json").is_file():
-        raise UserError(
-            f"model.init_from {folder} is not a Hugging Face model folder (no config.json) — "
-            "give the folder that from_pretrained would load"
-        )
+    """Weights in a Hugging Face folder (its config.json was checked with the config); pickled
+    weights are read here, memory-mapped and as data only, so a file that would run code stops
+    the run now."""
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise UserError(

@@ -82,6 +82,13 @@ def build_trainer(
 def pretrain(cfg: DictConfig) -> dict[str, float]:
     """Pretrain with a composed, checked config; return the final metrics."""
     quiet_dependencies()
+    if cfg.optim.warmup_steps >= cfg.optim.max_steps:
+        log.warning(
+            "optim.warmup_steps=%d is not below optim.max_steps=%d: the learning rate never "
+            "reaches optim.lr in this run",
+            cfg.optim.warmup_steps,
+            cfg.optim.max_steps,
+        )
     model_cfg = _model_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt = checkpoint_path(cfg.ckpt_path, output_dir) if cfg.ckpt_path else None

@@ -29,7 +29,6 @@ MISTAKES = [
     ("unknown config of a group", ["trainer=gpux"], "trainer=gpux"),
     ("zero learning rate", ["optim.lr=0"], "optim.lr=0"),
     ("negative warmup", ["optim.warmup_steps=-5"], "optim.warmup_steps=-5"),
-    ("warmup beyond the run", ["optim.warmup_steps=500"], "optim.warmup_steps=500"),
     ("zero batch", ["data.global_batch_size=0"], "data.global_batch_size=0"),
     ("batch not divisible", ["trainer=ddp_cpu", "data.global_batch_size=9"], "global_batch_size=9"),
     ("mask probability", ["data.mlm_probability=1.5"], "data.mlm_probability=1.5"),
