@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from bertpt.flops import FORMULA, flops_per_sequence, peak_flops
+from bertpt.flops import FORMULA, flops_per_sequence, mfu, peak_flops
 from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.run_folder import METRICS
 
 PRESETS = Path(__file__).resolve().parent.parent / "conf" / "model"
 # Default (warm-up, timed) steps per preset: enough for a stable median, few enough for a run
@@ -151,7 +152,7 @@ def run_throughput(run: Path, from_step: int) -> tuple[float, BertConfig, int, f
     """Of a finished ``python -m bertpt.train`` folder (``logger=csv``): the median training
     seq/s from ``from_step`` on, the model, the sequence length and the masked positions per
     sequence (from the data report)."""
-    with open(run / "csv" / "metrics.csv") as f:
+    with open(run / METRICS) as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/seq_per_s")]
     hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
     report = hparams["data_report"]
@@ -185,10 +186,11 @@ def lightning_run(steps: int, extra: list[str]) -> None:
     flops = flops_per_sequence(config, seq_len, masked)
     name = torch.cuda.get_device_name()
     peak = peak_flops(name)
-    mfu = f"{seq_per_s * flops / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else "unknown peak"
-    print(
-        f"\nLightning, {name} x {torch.cuda.device_count()}: {seq_per_s:.0f} seq/s "
-        f"({seq_per_s * seq_len:.0f} tok/s, median step from step {from_step}), MFU {mfu}; "
+    util = mfu(seq_per_s, config, seq_len, masked, peak) if peak else None
+    shown = f"{util:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else "unknown peak"
+    print(  # trainer=gpu trains on one GPU
+        f"\nLightning, one {name}: {seq_per_s:.0f} seq/s "
+        f"({seq_per_s * seq_len:.0f} tok/s, median step from step {from_step}), MFU {shown}; "
         f"{steps} steps in {wall:.0f} s with start-up\n"
         f"{FORMULA}: {flops / 1e9:.1f} GFLOP at seq {seq_len}, {masked:.1f} masked"
     )

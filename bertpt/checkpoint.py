@@ -11,6 +11,7 @@ to disk, and replaces it with one atomic rename: the old file or the new one, ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             if isinstance(e, RuntimeError) and "inline_container" not in str(e):
                 raise
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
+            no_room = not isinstance(e, OSError) or e.errno in (
+                errno.ENOSPC,
+                errno.EDQUOT,
+                errno.EFBIG,
+            )
+            fix = f"free space in {path.parent}" if no_room else f"make {path.parent} writable"
             raise UserError(
                 f"cannot write checkpoint {path}: the disk refused the write ({reason}) — the "
-                f"previous checkpoint is intact: free space in {path.parent} and resume with "
-                "ckpt_path=last"
+                f"previous checkpoint is intact: {fix} and resume with ckpt_path=last"
             ) from e
         os.replace(tmp, path)
     # Make the rename itself durable (a power cut after it must not bring back the old entry).

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bertpt.errors import UserError, exit_on_user_error
+from bertpt.run_folder import LAST
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 # Groups whose keys bertpt reads itself; `trainer` adds Lightning's Trainer arguments.
@@ -39,9 +40,11 @@ OWNERS = {
     "trainer.max_steps": "optim.max_steps",
     "model.vocab_size": "tokenizer.vocab_size",
 }
-# bertpt.model.ACTIVATIONS (tests/test_config_check.py keeps the two equal).
+# bertpt.model.ACTIVATIONS, named without importing torch (tests/test_model.py keeps them equal).
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+# Lightning's precision flags, its short aliases included (compared as strings: 32 is 32).
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+PRECISIONS += ("32", "16", "bf16", "64", "transformer-engine", "transformer-engine-float16")
 
 
 # --- the settings that exist --------------------------------------------------------------
@@ -232,10 +235,13 @@ def _check_optim(cfg: DictConfig) -> None:
         "use 0 or more",
     )
     betas = _get(cfg, "optim.betas")
+    numbers = isinstance(betas, ListConfig) and all(
+        isinstance(b, int | float) and not isinstance(b, bool) for b in betas
+    )
     _require(
-        betas is not None and len(betas) == 2 and all(0 <= b < 1 for b in betas),
-        f"optim.betas={list(betas) if betas is not None else None}",
-        "give two values in [0, 1), e.g. [0.9, 0.999]",
+        numbers and len(betas) == 2 and all(0 <= b < 1 for b in betas),
+        f"optim.betas={betas}",
+        "give two values in [0, 1), e.g. optim.betas=[0.9,0.999]",
     )
     _require(_number(cfg, "optim.eps") > 0, f"optim.eps={_get(cfg, 'optim.eps')}", "use eps > 0")
 
@@ -273,13 +279,7 @@ def _check_data(cfg: DictConfig) -> None:
     devices, nodes = _get(cfg, "trainer.devices"), _get(cfg, "trainer.num_nodes")
     # Only where the device count is known before torch (a GPU count is only known after).
     if _get(cfg, "trainer.accelerator") == "cpu" and isinstance(devices, int) and devices > 0:
-        world = devices * (nodes or 1) * accumulate
-        _require(
-            batch % world == 0,
-            f"data.global_batch_size={batch} is not divisible by devices x nodes x "
-            f"accumulate_grad_batches ({devices} x {nodes or 1} x {accumulate} = {world})",
-            f"pick a multiple of {world}, e.g. {max(world, round(batch / world) * world)}",
-        )
+        per_device_batch_size(batch, devices * (nodes or 1), accumulate)
     _in_range(cfg, "data.mlm_probability", 0.0, 1.0, closed_high=False)
     _require(_get(cfg, "data.mlm_probability") > 0, "data.mlm_probability=0", "use a value > 0")
     for key in ("nsp_probability", "short_seq_prob"):
@@ -296,11 +296,12 @@ def _check_data(cfg: DictConfig) -> None:
         "data.mask_mode": ("independent", "exact"),
         "data.format": ("auto", "bert", "lines", "files", "datasets"),
         "on_nan": ("stop", "skip"),
-        "trainer.precision": (None, *PRECISIONS),
+        "trainer.precision": (None, *PRECISIONS),  # compared as strings below
         "trainer.gradient_clip_algorithm": (None, "norm", "value"),
     }
     for key, allowed in choices.items():
         value = _get(cfg, key)
+        value = str(value) if key == "trainer.precision" and value is not None else value
         shown = ", ".join(str(a) for a in allowed if a is not None)
         _require(value in allowed, f"{key}={value!r} is not an option", f"use one of {shown}")
     _positive_int(cfg, "max_skipped_steps", minimum=0)
@@ -334,9 +335,9 @@ def _check_paths(cfg: DictConfig, run_dir: Path | None) -> None:
 def checkpoint_path(ckpt_path: str, run_dir: Path) -> Path:
     """The file ``ckpt_path`` names: ``last`` is this run's last.ckpt, a run folder its
     last.ckpt, anything else a file. Raises UserError if there is none."""
-    path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    path = run_dir / LAST if ckpt_path == "last" else Path(ckpt_path)
     if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+        path = path / LAST
     fix = (
         "ckpt_path=last resumes the run in hydra.run.dir: set hydra.run.dir=<that run's folder>"
         if ckpt_path == "last"
@@ -344,6 +345,18 @@ def checkpoint_path(ckpt_path: str, run_dir: Path) -> Path:
     )
     _require(path.is_file(), f"ckpt_path={ckpt_path}: no checkpoint at {path}", fix)
     return path
+
+
+def per_device_batch_size(global_batch: int, world: int, accumulation: int) -> int:
+    """``global / (devices x nodes x accumulation)``, which must divide exactly."""
+    denom = world * accumulation
+    _require(
+        global_batch % denom == 0 and global_batch >= denom,
+        f"data.global_batch_size={global_batch} is not divisible by devices x nodes x "
+        f"accumulate_grad_batches ({world} x {accumulation} = {denom})",
+        f"pick a multiple of {denom}, e.g. {max(denom, math.ceil(global_batch / denom) * denom)}",
+    )
+    return global_batch // denom
 
 
 def check_config(cfg: DictConfig, run_dir: Path | None) -> None:

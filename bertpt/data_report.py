@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from bertpt.collator import MaskingCollator
-from bertpt.errors import UserError
+from bertpt.errors import UserError, exit_on_user_error
 from bertpt.pairs import NSPPairDataset
 from bertpt.store import DocumentStore
 
@@ -87,7 +87,7 @@ def data_report(
 
 
 def check_data(report: dict) -> None:
-    """Raise a ValueError naming the reason when the data cannot train a model."""
+    """Raise a UserError naming the reason when the data cannot train a model."""
     if report["max_seq_length"] < 5:
         raise UserError(
             f"max_seq_length ({report['max_seq_length']}) cannot hold [CLS] A [SEP] B [SEP] "
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_user_error():
         ds = NSPPairDataset.from_files(
             args.corpus if len(args.corpus) > 1 else args.corpus[0],
             args.tokenizer,
@@ -178,8 +178,6 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(format_report(report))
         check_data(report)
-    except (ValueError, FileNotFoundError) as e:  # UserError, or a bad argument value
-        parser.exit(2, f"error: {e}\n")
 
 
 def _unk_id(tokenizer: str) -> int:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bertpt.collator import MaskingCollator
+from bertpt.config_check import per_device_batch_size
 from bertpt.corpus import build_default_corpus, check_corpus, corpus_fingerprint
 from bertpt.data_report import check_data, data_report
 from bertpt.errors import UserError
@@ -142,6 +143,7 @@ class PretrainDataModule(pl.LightningDataModule):
         self.train_pairs: NSPPairDataset | None = None
         self.val_pairs: NSPPairDataset | None = None
         self.report: dict | None = None
+        self.tokenizer_hash: str | None = None  # of the tokenizer the data uses (set in setup)
 
     # --- locations (pure functions of the config, so every rank agrees) --------------------
 
@@ -179,7 +181,7 @@ class PretrainDataModule(pl.LightningDataModule):
         if self.data["val_corpus"] is not None:
             check_corpus(self.data["val_corpus"], self.data["format"], self.data["text_column"])
         tok = self.tokenizer_dir
-        # A tokenizer.path was checked before the run (bertpt.preflight): only ours is trained.
+        # A tokenizer.path was checked with the config (bertpt.config_check): only ours is trained.
         if self.tok_cfg.get("path") is None and not (tok / "tokenizer.json").exists():
             train_tokenizer(
                 self.corpus,
@@ -195,18 +197,17 @@ class PretrainDataModule(pl.LightningDataModule):
             self._store(self.data["val_corpus"])
 
     @property
-    def run_tokenizer_dir(self) -> Path | None:
-        """The copy of the tokenizer in the run folder, which checkpoints and exports name."""
+    def own_tokenizer_dir(self) -> Path:
+        """The run's copy of the tokenizer (``RUN/tokenizer``), which checkpoints and exports
+        name; the tokenizer itself where there is no run folder."""
         run = self.paths.get("output_dir")
-        return Path(run).resolve() / "tokenizer" if run else None
+        return Path(run).resolve() / "tokenizer" if run else self.tokenizer_dir
 
     def _copy_tokenizer_to_run(self) -> None:
-        copy = self.run_tokenizer_dir
-        if copy is None or (self.trainer is not None and not self.trainer.is_global_zero):
+        copy = self.own_tokenizer_dir
+        if copy == self.tokenizer_dir or (self.trainer and not self.trainer.is_global_zero):
             return
-        if (copy / "tokenizer.json").is_file() and tokenizer_hash(copy) == tokenizer_hash(
-            self.tokenizer_dir
-        ):
+        if (copy / "tokenizer.json").is_file() and tokenizer_hash(copy) == self.tokenizer_hash:
             return
         copy.mkdir(parents=True, exist_ok=True)
         copy_tokenizer(self.tokenizer_dir, copy)
@@ -214,6 +215,7 @@ class PretrainDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_pairs is not None:
             return
+        self.tokenizer_hash = tokenizer_hash(self.tokenizer_dir)
         self._copy_tokenizer_to_run()
         d = self.data
         store = self._store(self.corpus)  # a cache hit: prepare_data built it
@@ -306,15 +308,3 @@ class PretrainDataModule(pl.LightningDataModule):
         wanted = min(self.data.get("val_min_pairs", 0), limit or math.inf)
         passes = max(1, math.ceil(wanted / len(self.val_pairs)))
         return self._loader(self.val_pairs, self.val_collator, False, passes, limit)
-
-
-def per_device_batch_size(global_batch: int, world: int, accumulation: int) -> int:
-    """``global / (devices x nodes x accumulation)``, which must divide exactly."""
-    denom = world * accumulation
-    if global_batch % denom or global_batch < denom:
-        raise UserError(
-            f"data.global_batch_size ({global_batch}) is not divisible by devices x nodes x "
-            f"accumulate_grad_batches ({world} x {accumulation} = {denom}) — pick a multiple of "
-            f"{denom}, e.g. {max(denom, math.ceil(global_batch / denom) * denom)}"
-        )
-    return global_batch // denom

@@ -40,12 +40,12 @@ from bertpt.hf import (
     to_hf,
 )
 from bertpt.model import BertConfig, BertForPreTraining
-from bertpt.tokenizer import tokenizer_hash
+from bertpt.run_folder import LAST
+from bertpt.tokenizer import check_tokenizer_hash
 
 log = logging.getLogger(__name__)
 
 MODEL_PREFIX = "model."  # attribute name of the BertForPreTraining in the LightningModule
-LAST = Path("checkpoints") / "last.ckpt"
 
 
 def _config_from_json(path: Path) -> BertConfig:
@@ -117,7 +117,7 @@ def _load_state_dict(path: Path, config_path: str | Path | None) -> BertForPreTr
     return model
 
 
-def _run_folder(source: Path) -> Path | None:
+def run_folder_of(source: Path) -> Path | None:
     """The run folder that a source belongs to: itself, or RUN for RUN/checkpoints/x.ckpt."""
     if source.is_dir():
         return source
@@ -147,21 +147,6 @@ def _find_tokenizer(
     )
 
 
-def _check_tokenizer_hash(tokenizer: Path, expected: str, allow_mismatch: bool) -> None:
-    file = tokenizer / "tokenizer.json"
-    found = tokenizer_hash(file) if file.is_file() else "none (no tokenizer.json)"
-    if found == expected:
-        return
-    msg = (
-        f"tokenizer {tokenizer} has sha256 {found} but the checkpoint was trained with "
-        f"{expected} — pass that tokenizer with --tokenizer DIR, or --allow-tokenizer-mismatch "
-        "to export with this one anyway"
-    )
-    if not allow_mismatch:
-        raise UserError(msg)
-    log.warning("%s (allowed)", msg)
-
-
 def export(
     source: str | Path,
     out_dir: str | Path,
@@ -175,7 +160,7 @@ def export(
     """Write `out_dir` (config.json, model.safetensors, tokenizer files, bertpt_export.json)
     from `source`; see the module doc for how the tokenizer is found. Raises UserError."""
     source, out = Path(source), Path(out_dir)
-    run = _run_folder(source)
+    run = run_folder_of(source)
     if source.is_dir():
         if not (source / LAST).is_file():
             raise UserError(f"{source} is a folder without {LAST} — pass a run folder or a .ckpt")
@@ -196,7 +181,13 @@ def export(
     if not no_tokenizer:
         tokenizer = _find_tokenizer(source, tokenizer_dir, run, hparams.get("tokenizer_dir"))
         if hparams.get("tokenizer_hash"):
-            _check_tokenizer_hash(tokenizer, hparams["tokenizer_hash"], allow_tokenizer_mismatch)
+            fix = (
+                "pass that tokenizer with --tokenizer DIR, or --allow-tokenizer-mismatch to "
+                "export with this one anyway"
+            )
+            check_tokenizer_hash(
+                tokenizer, hparams["tokenizer_hash"], fix, allow_tokenizer_mismatch
+            )
     info = {"source": str(source.resolve()), "global_step": hparams.get("global_step")}
     return to_hf(model, out, tokenizer, info=info, overwrite=overwrite)
 

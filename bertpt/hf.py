@@ -219,6 +219,15 @@ def load_into(
     return fresh
 
 
+def weights_file(folder: str | Path) -> Path:
+    """The weights file of a Hugging Face folder, in transformers' order of preference."""
+    folder = Path(folder)
+    weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+    if weights is None:
+        raise UserError(f"{folder} holds none of {list(WEIGHT_FILES)} — pass a folder with weights")
+    return weights
+
+
 def from_hf(path: str | Path, allow_unexpected: bool = False) -> BertForPreTraining:
     """A BertForPreTraining built from a HF folder (BertModel, BertForMaskedLM or pretraining)."""
     path = Path(path)
@@ -229,9 +238,7 @@ def from_hf(path: str | Path, allow_unexpected: bool = False) -> BertForPreTrain
         config = config_from_hf_dict(json.loads(config_file.read_text()))
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise UserError(f"{config_file}: {e}") from e
-    weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
-    if weights is None:
-        raise UserError(f"{path} holds none of {list(WEIGHT_FILES)} — pass a folder with weights")
+    weights = weights_file(path)
     model = BertForPreTraining(config)
     load_into(model, read_state_dict(weights), str(weights), allow_unexpected)
     return model

@@ -23,7 +23,6 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 from bertpt.data_report import format_report
 from bertpt.errors import UserError
 from bertpt.model import BertConfig, BertForPreTraining
-from bertpt.tokenizer import tokenizer_hash
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +77,8 @@ class BertPretrainModule(pl.LightningModule):
         if datamodule is not None:
             cfg["vocab_size"] = datamodule.vocab_size
             # Checkpoints name the run's copy and its content hash (checked on resume/export).
-            own = datamodule.run_tokenizer_dir or datamodule.tokenizer_dir
-            self.hparams.tokenizer_dir = str(own)
-            self.hparams.tokenizer_hash = tokenizer_hash(datamodule.tokenizer_dir)
+            self.hparams.tokenizer_dir = str(datamodule.own_tokenizer_dir)
+            self.hparams.tokenizer_hash = datamodule.tokenizer_hash
         init_from = self.hparams.init_from
         if init_from:
             from bertpt.hf import from_hf
@@ -91,10 +89,10 @@ class BertPretrainModule(pl.LightningModule):
             self.model.config.gradient_checkpointing = checkpointing
             self.model.bert.encoder.gradient_checkpointing = checkpointing
             if self.model.config.vocab_size != cfg["vocab_size"]:
-                raise ValueError(
+                raise UserError(
                     f"model.init_from {init_from} has vocab_size {self.model.config.vocab_size} "
-                    f"but the tokenizer has {cfg['vocab_size']}: train with that model's tokenizer "
-                    "(tokenizer.path=...)"
+                    f"but the tokenizer has {cfg['vocab_size']} — train with that model's "
+                    "tokenizer (drop tokenizer.path)"
                 )
             cfg.update(asdict(self.model.config))
         else:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bertpt.errors import UserError
-from bertpt.export import load_bertpt_checkpoint
-from bertpt.hf import WEIGHT_FILES, read_state_dict
-from bertpt.tokenizer import load_tokenizer, tokenizer_hash
+from bertpt.export import load_bertpt_checkpoint, run_folder_of
+from bertpt.hf import read_state_dict, weights_file
+from bertpt.tokenizer import check_tokenizer_hash, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,6 @@ def read_resume(path: Path, model_config: dict[str, Any]) -> Resume:
     return Resume(path, int(ckpt["global_step"]), hparams)
 
 
-def _has_tokenizer(folder: Path) -> bool:
-    return (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()
-
-
 def vocabulary(folder: Path) -> list[str]:
     """The tokens of a tokenizer folder by id: ``vocab.txt`` if it has one, else tokenizer.json."""
     if (folder / "vocab.txt").is_file():
@@ -67,32 +63,32 @@ def vocabulary(folder: Path) -> list[str]:
 
 
 def _resume_tokenizer(resume: Resume, path: str | None, allow_mismatch: bool) -> str | None:
-    recorded_hash = resume.hparams.get("tokenizer_hash")
-    # The run folder's copy: next to the checkpoint, wherever the run was started from.
-    own = resume.path.parent.parent / "tokenizer"
-    if path is None:
-        if (own / "tokenizer.json").is_file():
-            return str(own)
-        return None  # a checkpoint from before runs kept their tokenizer: the config decides
-    if recorded_hash and tokenizer_hash(path) != recorded_hash and not allow_mismatch:
-        raise UserError(
-            f"tokenizer.path {path} is not the tokenizer {resume.path} was trained with "
-            f"(sha256 {tokenizer_hash(path)[:12]}… vs {recorded_hash[:12]}…) — drop "
-            f"tokenizer.path to use the run's own ({own}), or set tokenizer.allow_mismatch=true"
+    """The checkpoint's own tokenizer (the copy in its run folder), or ``path`` if it is the
+    same tokenizer; None for a checkpoint that records neither (the config decides)."""
+    run = run_folder_of(resume.path)
+    own = run / "tokenizer" if run is not None else None
+    chosen = path or (str(own) if own is not None and (own / "tokenizer.json").is_file() else None)
+    recorded = resume.hparams.get("tokenizer_hash")
+    if chosen is not None and recorded:
+        fix = "drop tokenizer.path to use the run's own copy" if path else "restore that copy"
+        check_tokenizer_hash(
+            chosen, recorded, f"{fix}, or set tokenizer.allow_mismatch=true", allow_mismatch
         )
-    return path
+    return chosen
 
 
 def _init_from_tokenizer(init_from: Path, path: str | None, allow_mismatch: bool) -> str:
     if path is None:
-        if not _has_tokenizer(init_from):
+        if not (init_from / "tokenizer.json").is_file():
             raise UserError(
-                f"model.init_from {init_from} holds no tokenizer (tokenizer.json or vocab.txt) — "
-                "pass the tokenizer it was trained with: tokenizer.path=DIR"
+                f"model.init_from {init_from} holds no tokenizer.json — pass the tokenizer it was "
+                "trained with (tokenizer.path=DIR), or save a fast one into it: "
+                f"AutoTokenizer.from_pretrained('{init_from}').save_pretrained('{init_from}')"
             )
         log.info("tokenizer: %s, the one model.init_from was trained with", init_from)
         return str(init_from)
-    if _has_tokenizer(init_from) and vocabulary(Path(path)) != vocabulary(init_from):
+    has_vocab = (init_from / "tokenizer.json").is_file() or (init_from / "vocab.txt").is_file()
+    if has_vocab and vocabulary(Path(path)) != vocabulary(init_from):
         if not allow_mismatch:
             raise UserError(
                 f"tokenizer.path {path} has another vocabulary than model.init_from {init_from} "
@@ -119,14 +115,9 @@ def choose_tokenizer(
 
 
 def check_init_from(folder: Path) -> None:
-    """Weights in a Hugging Face folder (its config.json was checked with the config); pickled
-    weights are read here, memory-mapped and as data only, so a file that would run code stops
-    the run now."""
-    weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
-    if weights is None:
-        raise UserError(
-            f"model.init_from {folder} holds none of {list(WEIGHT_FILES)} — give a folder with "
-            "the model's weights"
-        )
+    """Pickled weights in a Hugging Face folder (its config.json was checked with the config)
+    are read here, memory-mapped and as data only, so a file that would run code stops the run
+    before any work; safetensors hold no code."""
+    weights = weights_file(folder)
     if weights.suffix == ".bin":
         read_state_dict(weights)

@@ -97,7 +97,10 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
     tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
     tokenizer_cfg["path"] = choose_tokenizer(tokenizer_cfg, resume, init_from)
 
-    with run_folder.claim(output_dir, resume.step if resume else None):
+    # Continuing this folder's own run keeps its history; a checkpoint from elsewhere starts
+    # this folder's history (and is refused in a folder that holds another run).
+    in_place = resume is not None and resume.path.resolve().is_relative_to(output_dir.resolve())
+    with run_folder.claim(output_dir, resume.step if in_place else None):
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = PretrainDataModule(
             data=OmegaConf.to_container(cfg.data, resolve=True),
@@ -113,7 +116,7 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
             # data that cannot work stops the run in one line. Lightning's prepare_data finds
             # them cached here (and prepares them on the other nodes).
             datamodule.prepare_data()
-            wandb_id = run_folder.wandb_run_id(output_dir, resume=resume is not None)
+            wandb_id = run_folder.wandb_run_id(output_dir, resume=in_place)
         trainer, speed = build_trainer(cfg, wandb_id)
         try:
             return _fit(cfg, trainer, speed, model_cfg, datamodule, resume)
@@ -133,7 +136,8 @@ def _fit(
     module = BertPretrainModule(
         model_config=model_cfg,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        init_from=cfg.model.get("init_from"),
+        # a resume loads the checkpoint's weights: the Hugging Face ones would be overwritten
+        init_from=None if resume else cfg.model.get("init_from"),
         on_nan=cfg.on_nan,
         max_skipped_steps=cfg.max_skipped_steps,
         compile=bool(speed["compile"]),
@@ -162,7 +166,7 @@ def _fit(
     if cfg.export_hf:
         model = model_from_module_state(weights, module.hparams.model_config, "the trained model")
         info = {"source": str(output_dir.resolve()), "global_step": trainer.global_step}
-        tokenizer = datamodule.run_tokenizer_dir or datamodule.tokenizer_dir
+        tokenizer = datamodule.own_tokenizer_dir
         hf_dir = to_hf(model, output_dir / "hf", tokenizer_dir=tokenizer, info=info)
         print(f"bertpt: Hugging Face export: {hf_dir}")
     return metrics

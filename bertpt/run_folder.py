@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+
 from bertpt.atomic import temp_beside
 from bertpt.errors import UserError
 
@@ -54,16 +56,8 @@ def claim(run_dir: Path, resume_step: int | None) -> Iterator[None]:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _lock(lock)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise UserError(
-                f"run folder {run_dir} is in use by {holder} — wait for it to finish, or choose "
-                "another hydra.run.dir"
-            ) from None
         os.ftruncate(fd, 0)
         since = time.strftime("%Y-%m-%d %H:%M:%S")
         os.pwrite(
@@ -88,6 +82,27 @@ def claim(run_dir: Path, resume_step: int | None) -> Iterator[None]:
         os.close(fd)
 
 
+def _lock(lock: Path) -> int:
+    """An open descriptor of ``lock``, locked by this process; UserError naming the holder."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(
+                f"run folder {lock.parent} is in use by {holder} — wait for it to finish, or "
+                "choose another hydra.run.dir"
+            ) from None
+        # A holder removes the file while it still holds it: a lock taken on the removed file
+        # would guard nothing, so it is taken again on the file that is there now.
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return fd
+        os.close(fd)
+
+
 # What Hydra and a run write into a run folder; a fresh run that failed before it logged a
 # metric or wrote a checkpoint takes them away again (nothing else: the folder may be the user's).
 RUN_ENTRIES = (".hydra", "checkpoints", "csv", "wandb", "tokenizer", "hf", "tensorboard")
@@ -100,8 +115,8 @@ def _remove_if_nothing_to_keep(run_dir: Path) -> None:
         return
     for name in RUN_ENTRIES:
         shutil.rmtree(run_dir / name, ignore_errors=True)
-    for log in run_dir.glob("*.log"):  # Hydra's job log
-        log.unlink(missing_ok=True)
+    if HydraConfig.initialized():  # Hydra's log of this job
+        (run_dir / f"{HydraConfig.get().job.name}.log").unlink(missing_ok=True)
     (run_dir / LOCK).unlink(missing_ok=True)  # ours, still held: no other run is in there
     with contextlib.suppress(OSError):
         run_dir.rmdir()  # only if nothing else is left in it

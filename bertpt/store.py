@@ -30,6 +30,7 @@ import pyarrow as pa
 from bertpt.atomic import remove_stale_temps, temp_dir_beside
 from bertpt.corpus import corpus_fingerprint, read_documents
 from bertpt.errors import UserError
+from bertpt.tokenizer import tokenizer_hash, tokenizer_json
 
 log = logging.getLogger(__name__)
 
@@ -203,19 +204,11 @@ def _reload(path: str, doc_ids: np.ndarray | None) -> DocumentStore:
 # --- building ------------------------------------------------------------------------------
 
 
-def tokenizer_file(tokenizer_dir: str | os.PathLike) -> Path:
-    p = Path(tokenizer_dir)
-    file = p / "tokenizer.json" if p.is_dir() else p
-    if not file.is_file():
-        raise FileNotFoundError(f"no tokenizer at {p}: train one with python -m bertpt.tokenizer")
-    return file
-
-
 def store_key(source, tokenizer_dir, format: str = "auto", text_column: str = "text") -> str:
     """The cache key: corpus fingerprint + sha256 of tokenizer.json + settings + layout version."""
     h = hashlib.sha256()
     h.update(corpus_fingerprint(source, format, text_column).encode())
-    h.update(hashlib.sha256(tokenizer_file(tokenizer_dir).read_bytes()).digest())
+    h.update(bytes.fromhex(tokenizer_hash(tokenizer_dir)))  # the bytes of its sha256
     h.update(json.dumps([STORE_VERSION, format, text_column]).encode())
     return h.hexdigest()[:20]
 
@@ -279,7 +272,7 @@ def _build_into(
         num_proc=num_proc if num_proc > 1 else None,
         remove_columns=["text"],
         features=_features(),
-        fn_kwargs={"tokenizer_path": str(tokenizer_file(tokenizer_dir).resolve())},
+        fn_kwargs={"tokenizer_path": str(tokenizer_json(tokenizer_dir).resolve())},
         cache_file_name=str(tmp / "tokens.arrow"),
         new_fingerprint=f"tok-{key}",
         desc="Tokenizing documents",

@@ -30,7 +30,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from bertpt.atomic import temp_beside
-from bertpt.errors import EXIT_USER_ERROR, UserError
+from bertpt.errors import UserError, exit_on_user_error
+from bertpt.run_folder import METRICS as METRICS_CSV
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def _loggers(job_dir: Path) -> list[str]:
 
 
 def _why_no_metrics(job_dir: Path) -> str:
-    if (job_dir / "csv" / "metrics.csv").is_file():
+    if (job_dir / METRICS_CSV).is_file():
         return "no validation logged yet"
     loggers = _loggers(job_dir)
     if "WandbLogger" in loggers:
@@ -114,7 +115,7 @@ def _recorded_status(job_dir: Path) -> tuple[str, str] | None:
 
 def summarise_job(job_dir: Path, unrecorded: str = "unknown") -> JobSummary:
     """A job's row; ``unrecorded`` is the status of a job whose end was never recorded."""
-    metrics_csv = job_dir / "csv" / "metrics.csv"
+    metrics_csv = job_dir / METRICS_CSV
     metrics = read_val_metrics(metrics_csv) if metrics_csv.is_file() else {}
     recorded = _recorded_status(job_dir)
     status, note = recorded or (unrecorded, NO_RECORD[unrecorded])
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         "sweep_dir", type=Path, help="a sweep folder: outputs/train/multiruns/DATE_TIME"
     )
     args = parser.parse_args(argv)
-    try:
+    with exit_on_user_error():
         if not args.sweep_dir.is_dir():
             raise UserError(
                 f"no folder {args.sweep_dir} — give a sweep folder: "
@@ -313,11 +314,6 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.sweep_dir} holds no job folders (N/.hydra/overrides.yaml) — give the sweep "
                 "folder itself, not a job inside it"
             )
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the project's switch for tracebacks
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR) from None
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def train_tokenizer(
     return out
 
 
-def _tokenizer_json(path: str | os.PathLike) -> Path:
+def tokenizer_json(path: str | os.PathLike) -> Path:
     """The ``tokenizer.json`` of a tokenizer folder, or ``path`` itself when it is a file."""
     p = Path(path).expanduser()
     if not p.exists():
@@ -227,7 +227,7 @@ def _tokenizer_json(path: str | os.PathLike) -> Path:
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load ``tokenizer.json`` from a folder (or the file itself); a UserError naming the file
     when there is none or it does not parse."""
-    file = _tokenizer_json(path)
+    file = tokenizer_json(path)
     try:
         return Tokenizer.from_file(str(file))
     except Exception as e:  # tokenizers raises a bare Exception with serde's one-line reason
@@ -243,7 +243,23 @@ def tokenizer_hash(path: str | os.PathLike) -> str:
 
     Checkpoints and exports store it to detect a mismatched tokenizer; training is
     deterministic, so retraining on the same corpus and settings gives the same hash."""
-    return hashlib.sha256(_tokenizer_json(path).read_bytes()).hexdigest()
+    return hashlib.sha256(tokenizer_json(path).read_bytes()).hexdigest()
+
+
+def check_tokenizer_hash(folder: str | os.PathLike, expected: str, fix: str, allow: bool) -> None:
+    """Refuse (UserError, ``fix`` as its fix) a tokenizer whose hash is not ``expected``, the
+    one a checkpoint recorded; with ``allow``, only warn."""
+    file = Path(folder) / "tokenizer.json"
+    found = tokenizer_hash(file) if file.is_file() else "none (no tokenizer.json)"
+    if found == expected:
+        return
+    msg = (
+        f"tokenizer {folder} has sha256 {found} but the checkpoint was trained with {expected} "
+        f"— {fix}"
+    )
+    if not allow:
+        raise UserError(msg)
+    log.warning("%s (allowed)", msg)
 
 
 def main(argv: list[str] | None = None) -> None:

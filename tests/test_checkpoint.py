@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 import subprocess
 import sys
@@ -35,10 +36,10 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     def crash_midway(obj, f):
         f.write(b"partial bytes of a checkpoint")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod.torch, "save", crash_midway)
-    with pytest.raises(UserError, match=r"cannot write checkpoint .*disk full.* is intact"):
+    with pytest.raises(UserError, match=r"cannot write .*No space left.* intact: free space"):
         io.save_checkpoint({"step": 2, "w": torch.zeros(10)}, path)
     monkeypatch.undo()
 

@@ -39,6 +39,8 @@ MISTAKES = [
     ("missing checkpoint", ["ckpt_path={tmp}/none.ckpt"], "none.ckpt"),
     ("resume without its folder", ["ckpt_path=last"], "hydra.run.dir"),
     ("on_nan option", ["on_nan=ignore"], "on_nan='ignore'"),
+    ("betas not a pair", ["optim.betas=0.9"], "optim.betas=0.9"),
+    ("precision unknown", ["trainer.precision=8-mixed"], "trainer.precision='8-mixed'"),
     ("vocabulary too large", ["tokenizer.vocab_size=1000000"], "vocab_size (1000000)"),
 ]
 
@@ -102,3 +104,13 @@ def test_config_errors_come_before_torch(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1]
     )
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+@pytest.mark.parametrize("precision", ["32", "16", "bf16", "32-true", "bf16-mixed"])
+def test_lightning_precision_aliases_pass_the_check(tmp_path, precision):
+    from runs import make_cfg
+
+    from bertpt.config_check import check_config
+
+    cfg = make_cfg(tmp_path, tmp_path, "+experiment=tiny", f"trainer.precision={precision}")
+    check_config(cfg, None)

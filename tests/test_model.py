@@ -329,3 +329,11 @@ def test_fused_head_has_no_second_order_gradient():
     (g,) = torch.autograd.grad(loss, [model.cls.predictions.bias], create_graph=True)
     with pytest.raises(RuntimeError):
         g.sum().backward()
+
+
+def test_config_check_names_the_model_activations():
+    """The config check (no torch) accepts exactly the activations the model implements."""
+    from bertpt.config_check import ACTIVATIONS as CHECKED
+    from bertpt.model import ACTIVATIONS
+
+    assert set(CHECKED) == set(ACTIVATIONS)

@@ -146,5 +146,30 @@ def test_resume_keeps_the_run_tokenizer_from_any_directory(tmp_path, data_dir):
     other = _other_tokenizer(run_dir / "tokenizer", tmp_path / "other")
     cfg = make_cfg(run_dir, data_dir, *FAST, "optim.max_steps=8", "ckpt_path=last",
                    f"tokenizer.path={other}")  # fmt: skip
-    with pytest.raises(UserError, match=r"is not the tokenizer .* was trained with"):
+    with pytest.raises(UserError, match=r"has sha256 \w+ but the checkpoint was trained with"):
         train(cfg)
+
+
+def test_resume_refuses_a_changed_run_tokenizer(tmp_path, data_dir):
+    """The run's own tokenizer copy is checked against the hash in the checkpoint too."""
+    run_dir = tmp_path / "run"
+    train(make_cfg(run_dir, data_dir, *FAST))
+    copy = run_dir / "tokenizer"
+    changed = _other_tokenizer(copy, tmp_path / "changed")
+    shutil.copy(changed / "tokenizer.json", copy / "tokenizer.json")
+    cfg = make_cfg(run_dir, data_dir, *FAST, "optim.max_steps=6", "ckpt_path=last")
+    with pytest.raises(UserError, match=r"tokenizer .*/run/tokenizer has sha256 .* restore"):
+        train(cfg)
+
+
+def test_foreign_checkpoint_into_a_used_folder_is_refused(tmp_path, data_dir):
+    """Resuming run A's checkpoint into run B's folder would mix B's history with A's."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(make_cfg(a, data_dir, *FAST))
+    train(make_cfg(b, data_dir, *FAST))
+    before = (b / "csv" / "metrics.csv").read_text()
+    ckpt = a / "checkpoints" / "step0000002.ckpt"
+    cfg = make_cfg(b, data_dir, *FAST, "optim.max_steps=6", f"ckpt_path={ckpt}")
+    with pytest.raises(UserError, match="already holds a run"):
+        train(cfg)
+    assert (b / "csv" / "metrics.csv").read_text() == before

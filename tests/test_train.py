@@ -100,9 +100,7 @@ def test_batch_not_divisible(tmp_path, data_dir):
         "data.global_batch_size=9",
         "trainer.accumulate_grad_batches=2",
     )
-    with pytest.raises(
-        ValueError, match=r"global_batch_size \(9\) is not divisible .* \(1 x 2 = 2\)"
-    ):
+    with pytest.raises(UserError, match=r"global_batch_size=9 is not divisible .* \(1 x 2 = 2\)"):
         train(cfg)
 
 
