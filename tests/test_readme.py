@@ -191,7 +191,15 @@ def test_train_commands_compose_on_the_real_command_line(tmp_path):
 
 
 def make_help_targets() -> set[str]:
-    out = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, check=True)
+    # --no-print-directory: under `make test` this is a sub-make, which would print
+    # "make[1]: Entering directory ..." lines among the targets.
+    out = subprocess.run(
+        ["make", "--no-print-directory", "help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
 
 
