@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from bertpt.atomic import replace_dir, temp_dir_beside
 from bertpt.errors import UserError
-from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.model import SPEED_FIELDS, BertConfig, BertForPreTraining
 from bertpt.tokenizer import tokenizer_hash
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,7 @@ TIED = {
 }
 # bertpt's own record of an export (source, step, tokenizer hash); config.json stays HF's.
 EXPORT_INFO = "bertpt_export.json"
-HF_FIELDS = tuple(
-    f.name for f in dataclasses.fields(BertConfig) if f.name != "gradient_checkpointing"
-)
+HF_FIELDS = tuple(f.name for f in dataclasses.fields(BertConfig) if f.name not in SPEED_FIELDS)
 
 
 def config_from_hf_dict(d: Mapping) -> BertConfig:
