@@ -174,7 +174,10 @@ class BertPretrainModule(pl.LightningModule):
         window, self._window = self._window, _Window(self.device)
         if not window.steps:
             return
-        values, first_bad = window.read()  # the one device sync of this window
+        # Every rank's first non-finite loss: all ranks stop together, or the others would wait
+        # for the one that stopped in their next collective.
+        first_bad = self.trainer.strategy.all_gather(window.first_bad).view(-1, 2)
+        values, first_bad = window.read(first_bad)  # the one device sync of this window
         self._stop_if_not_finite(first_bad)
         world = self.trainer.world_size
         for name, value in values.items():
@@ -185,18 +188,14 @@ class BertPretrainModule(pl.LightningModule):
         if self.skipped_steps:
             self.log("train/skipped_steps", float(len(self.skipped_steps)))
 
-    def _stop_if_not_finite(self, first_bad: list[float] | None = None) -> None:
-        """on_nan=stop: a non-finite loss since the last log step stops the run (read there,
-        before a checkpoint is saved and at the end: never a sync of its own per step).
-        `first_bad`: the window's (step, loss), already read; None: read them here."""
-        if self.hparams.on_nan != "stop" or (first_bad is None and self._window is None):
-            return
-        step, loss = first_bad or self._window.first_bad.tolist()
-        if step >= 0:
+    def _stop_if_not_finite(self, first_bad: list[list[float]]) -> None:
+        """on_nan=stop: a non-finite loss since the last read stops the run. `first_bad`: the
+        (step, loss) of each rank's first one (step -1: none), read at log steps and before a
+        checkpoint is saved: never a sync of its own per step."""
+        bad = [(step, loss) for step, loss in first_bad if step >= 0]
+        if self.hparams.on_nan == "stop" and bad:
+            step, loss = min(bad)
             self._skip_step(f"loss is {loss} at step {int(step)}")
-
-    def on_train_end(self) -> None:
-        self._stop_if_not_finite()  # the steps after the last log step
 
     def _skip_step(self, msg: str) -> None:
         """A non-finite loss: stop (on_nan=stop), or skip the step, up to max_skipped_steps."""
@@ -311,20 +310,23 @@ class BertPretrainModule(pl.LightningModule):
     # --- random state in checkpoints (exact resume of dropout and anything else random) --------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._stop_if_not_finite()  # never save the weights of a step with a NaN loss
         checkpoint["skipped_steps"] = list(self.skipped_steps)
-        # One state per rank (each rank draws its own dropout masks), gathered on every rank:
-        # Lightning dumps the checkpoint on all of them and rank 0 writes it.
+        # One random state per rank (each rank draws its own dropout masks), gathered on every
+        # rank: Lightning dumps the checkpoint on all of them and rank 0 writes it. With it, each
+        # rank's first non-finite loss since the last log step: never save weights it touched.
+        first_bad = [-1.0, 0.0] if self._window is None else self._window.first_bad.tolist()
         state, world = _rng_state(), self.trainer.world_size
         if world == 1:
-            checkpoint["rng_states"] = [state]
-            return
-        # Sent as torch.save bytes: all_gather_object's own unpickler fails on tensors.
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, buffer.getvalue())
-        checkpoint["rng_states"] = [torch.load(io.BytesIO(b), weights_only=True) for b in gathered]
+            gathered = [(state, first_bad)]
+        else:
+            # Sent as torch.save bytes: all_gather_object's own unpickler fails on tensors.
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            gathered = [None] * world
+            torch.distributed.all_gather_object(gathered, (buffer.getvalue(), first_bad))
+            gathered = [(torch.load(io.BytesIO(b), weights_only=True), bad) for b, bad in gathered]
+        self._stop_if_not_finite([bad for _, bad in gathered])
+        checkpoint["rng_states"] = [state for state, _ in gathered]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Restored after Lightning has finished restoring, at the start of training (see
@@ -403,10 +405,12 @@ class _Window:
         self.sums[5] += norm.detach().double()
         self.norms += 1
 
-    def read(self) -> tuple[dict[str, float], list[float]]:
-        """The averages over the window, and the first non-finite loss's (step, loss)."""
-        *sums, bad_step, bad_loss = torch.cat((self.sums, self.first_bad)).tolist()
-        sums = dict(zip(self.NAMES, sums, strict=True))
+    def read(self, first_bad: torch.Tensor) -> tuple[dict[str, float], list[list[float]]]:
+        """The averages over the window, and `first_bad` (ranks x 2, on the device) read with
+        them."""
+        values = torch.cat((self.sums, first_bad.flatten().double())).tolist()
+        sums = dict(zip(self.NAMES, values[: len(self.NAMES)], strict=True))
+        bad = values[len(self.NAMES) :]
         seconds = time.perf_counter() - self.started
         return {
             "loss": sums["loss"] / self.steps,
@@ -419,7 +423,7 @@ class _Window:
             "tok_per_s": sums["tokens"] / seconds,
             # the share of the window's wall time the loop spent waiting for batches
             "data_wait": self.data_wait / seconds,
-        }, [bad_step, bad_loss]
+        }, [bad[i : i + 2] for i in range(0, len(bad), 2)]
 
 
 def _rng_state() -> dict[str, Any]:
