@@ -183,7 +183,7 @@ class BertPretrainModule(pl.LightningModule):
         for name, value in values.items():
             if name.endswith("per_s"):  # over the whole window, data wait included, all ranks
                 value *= world
-            self.log(f"train/{name}", value, prog_bar=name in ("loss", "mlm_acc"))
+            self.log(name, value, prog_bar=name in ("train/loss", "train/mlm_acc"))
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         if self.skipped_steps:
             self.log("train/skipped_steps", float(len(self.skipped_steps)))
@@ -413,16 +413,16 @@ class _Window:
         bad = values[len(self.NAMES) :]
         seconds = time.perf_counter() - self.started
         return {
-            "loss": sums["loss"] / self.steps,
-            "mlm_loss": sums["mlm_loss"] / self.steps,
-            "nsp_loss": sums["nsp_loss"] / self.steps,
-            "mlm_acc": sums["mlm_correct"] / max(self.masked, 1),
-            "nsp_acc": sums["nsp_correct"] / self.sequences,
-            **({"grad_norm": sums["grad_norm"] / self.norms} if self.norms else {}),
-            "seq_per_s": self.sequences / seconds,
-            "tok_per_s": sums["tokens"] / seconds,
+            "train/loss": sums["loss"] / self.steps,
+            "train/mlm_loss": sums["mlm_loss"] / self.steps,
+            "train/nsp_loss": sums["nsp_loss"] / self.steps,
+            "train/mlm_acc": sums["mlm_correct"] / max(self.masked, 1),
+            "train/nsp_acc": sums["nsp_correct"] / self.sequences,
+            **({"train/grad_norm": sums["grad_norm"] / self.norms} if self.norms else {}),
+            "train/seq_per_s": self.sequences / seconds,
+            "train/tok_per_s": sums["tokens"] / seconds,
             # the share of the window's wall time the loop spent waiting for batches
-            "data_wait": self.data_wait / seconds,
+            "train/data_wait": self.data_wait / seconds,
         }, [bad[i : i + 2] for i in range(0, len(bad), 2)]
 
 
