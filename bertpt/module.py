@@ -42,7 +42,8 @@ def warmup_linear_decay(warmup_steps: int, max_steps: int):
 
 
 class BertPretrainModule(pl.LightningModule):
-    """MLM + NSP pretraining of ``BertForPreTraining`` (held as ``self.model``)."""
+    """MLM + NSP pretraining of ``BertForPreTraining`` (held as ``self.model``); MLM only for a
+    model without a next-sentence head (RoBERTa), which logs no NSP metrics."""
 
     def __init__(
         self,
@@ -97,6 +98,15 @@ class BertPretrainModule(pl.LightningModule):
             cfg.update(asdict(self.model.config))
         else:
             self.model = BertForPreTraining(BertConfig(**cfg))
+        ids = getattr(datamodule, "special_ids", None)  # of the run's tokenizer (setup)
+        pad = ids["pad"] if ids else None
+        if pad is not None and pad != self.model.config.pad_token_id:
+            source = f"model.init_from {init_from}" if init_from else "model.pad_token_id"
+            raise UserError(
+                f"{source} pads with id {self.model.config.pad_token_id} but the tokenizer's "
+                f"padding token has id {pad} — use the tokenizer the model was trained with, or "
+                f"set model.pad_token_id={pad}"
+            )
         if self.hparams.compile:
             # In place, layer by layer: state_dict keys stay those of transformers.
             for layer in self.model.bert.encoder.layer:
@@ -118,7 +128,10 @@ class BertPretrainModule(pl.LightningModule):
         labels = batch["labels"]
         masked = labels[labels != -100]  # (N,) in the row-major order of mlm_predictions
         mlm_correct = (out.mlm_predictions == masked).sum()
-        nsp_correct = (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
+        nsp_correct = torch.zeros((), dtype=torch.long, device=labels.device)
+        if out.nsp_loss is not None:
+            nsp_predictions = out.seq_relationship_logits.argmax(-1)
+            nsp_correct = (nsp_predictions == batch["next_sentence_label"]).sum()
         return {
             "n_masked": torch.tensor(masked.numel(), device=labels.device),
             "mlm_correct": mlm_correct,
@@ -144,14 +157,15 @@ class BertPretrainModule(pl.LightningModule):
         n = batch["labels"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/mlm_loss", out.mlm_loss, batch_size=n)
-        self.log("train/nsp_loss", out.nsp_loss, batch_size=n)
         self.log(
             "train/mlm_acc",
             m["mlm_correct"] / m["n_masked"].clamp(min=1),
             prog_bar=True,
             batch_size=n,
         )
-        self.log("train/nsp_acc", m["nsp_correct"] / n, batch_size=n)
+        if out.nsp_loss is not None:  # RoBERTa's MLM-only batches have no sentence labels
+            self.log("train/nsp_loss", out.nsp_loss, batch_size=n)
+            self.log("train/nsp_acc", m["nsp_correct"] / n, batch_size=n)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=n)
 
         # Throughput over the whole step (data wait included), scaled to all ranks.
@@ -224,12 +238,13 @@ class BertPretrainModule(pl.LightningModule):
         out = self.model(**batch)
         m = self._metrics(batch, out)
         n_seq = m["n_seq"].double()
+        nsp_loss = out.nsp_loss.double() if out.nsp_loss is not None else n_seq.new_zeros(())
         self._val_sums += torch.stack(
             [
                 out.mlm_loss.double() * m["n_masked"],
                 m["n_masked"].double(),
                 m["mlm_correct"].double(),
-                out.nsp_loss.double() * n_seq,
+                nsp_loss * n_seq,
                 m["nsp_correct"].double(),
                 n_seq,
             ]
@@ -242,10 +257,11 @@ class BertPretrainModule(pl.LightningModule):
         metrics = {
             "val/mlm_loss": mlm_loss,
             "val/mlm_acc": mlm_correct / max(n_masked, 1),
-            "val/nsp_loss": nsp_x_n / max(n_seq, 1),
-            "val/nsp_acc": nsp_correct / max(n_seq, 1),
             "val/perplexity": math.exp(min(mlm_loss, 50.0)),
         }
+        if self.model.config.nsp_head:
+            metrics["val/nsp_loss"] = nsp_x_n / max(n_seq, 1)
+            metrics["val/nsp_acc"] = nsp_correct / max(n_seq, 1)
         for name, value in metrics.items():
             # Already summed over the ranks: the same value everywhere, whose mean is itself.
             self.log(name, value, prog_bar=name == "val/mlm_acc", sync_dist=True)
