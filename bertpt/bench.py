@@ -1,13 +1,17 @@
 """Training-step throughput of bertpt against `transformers.BertForPreTraining` (a dev tool).
 
-    python -m bertpt.bench --models tiny,mini,base --batch-size 32 --seq-len 128 [--bf16]
-    python -m bertpt.bench --lightning      # GPU: BERT-base through the real command, seq/s, MFU
+    python -m bertpt.bench                   # CPU: tiny, mini, base at 128, fp32, bertpt vs HF
+    python -m bertpt.bench --device cuda     # GPU: base and large at 128 and 512, bf16, every
+                                             # variant, then BERT-base through the real command
+    python -m bertpt.bench --lightning 200   # GPU: only the real command, seq/s and MFU
+    python -m bertpt.bench --device cuda --max-batch   # the largest batch that fits in 80 GB
 
-Both models get the same config, the same weights and the same realistic batches (~15% of real
-tokens masked, NSP labels, padding at the end of some rows). A step is forward, backward, AdamW
-step and zero_grad. Steps alternate between the two implementations after a warm-up, so a slow
-drift of the machine (thermal, other processes) hits both alike. `transformers` is imported here
-only: it is the reference, never a dependency of bertpt at run time.
+Every variant gets the same config, the same weights and the same realistic batches (~15% of
+real tokens masked, NSP labels, padding at the end of some rows). A step is forward, backward,
+AdamW step and zero_grad. Steps alternate between the variants after a warm-up, so a slow drift
+of the machine (thermal, other processes) hits all alike. On a GPU a timed block is several
+steps between two synchronisations, as in training. `transformers` is imported here only: it
+is the reference, never a dependency of bertpt at run time.
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 import yaml
 
+from bertpt.console import quiet_dependencies
 from bertpt.flops import FORMULA, flops_per_sequence, mfu, peak_flops
-from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.model import SPEED_FIELDS, BertConfig, BertForPreTraining, Packing
 from bertpt.run_folder import METRICS
 
 PRESETS = Path(__file__).resolve().parent.parent / "conf" / "model"
@@ -34,6 +42,28 @@ PRESETS = Path(__file__).resolve().parent.parent / "conf" / "model"
 # of minutes on a laptop CPU (a BERT-base step there takes ~10 s).
 DEFAULT_STEPS = {"tiny": (3, 15), "mini": (3, 8), "small": (2, 5), "medium": (2, 4)}
 BIG_MODEL_STEPS = (1, 3)
+GPU_STEPS = (3, 10)  # (warm-up, timed) blocks on a GPU
+GPU_BLOCK = 5  # steps per timed block on a GPU
+# Variant -> (implementation, unpadded, compiled). Compiled bertpt compiles each layer, as
+# trainer.compile does; compiled transformers compiles the whole model.
+VARIANTS = {
+    "bertpt": ("bertpt", False, False),
+    "bertpt-compiled": ("bertpt", False, True),
+    "bertpt-unpadded": ("bertpt", True, False),
+    "bertpt-unpadded-compiled": ("bertpt", True, True),
+    "hf": ("hf", False, False),
+    "hf-compiled": ("hf", False, True),
+}
+VARIANTS_GPU = "bertpt-unpadded-compiled"  # what trainer=gpu runs
+# What `python -m bertpt.bench` measures by default on each kind of device.
+DEFAULTS = {
+    "cpu": dict(models="tiny,mini,base", seq_lens="128", variants="bertpt,hf"),
+    "cuda": dict(models="base,large", seq_lens="128,512", variants=",".join(VARIANTS)),
+}
+GPU_BATCH = {128: 256, 512: 32}  # BERT's phase 1 and phase 2 batches per GPU
+# Share of rows shorter than the sequence length, as the NSP builder gives them: 6-19% of the
+# tokens are padding at 128 and 20-61% at 512.
+SHORT_ROWS = {128: 0.25, 512: 0.6}
 
 
 def load_preset(name: str, vocab_size: int = 30522) -> BertConfig:
@@ -44,14 +74,14 @@ def load_preset(name: str, vocab_size: int = 30522) -> BertConfig:
 
 
 def make_batch(
-    config: BertConfig, batch_size: int, seq_len: int, seed: int = 0
+    config: BertConfig, batch_size: int, seq_len: int, seed: int = 0, short_rows: float = 0.25
 ) -> dict[str, torch.Tensor]:
-    """A pretraining batch shaped like the collator's: [CLS] A [SEP] B [SEP] + padding."""
+    """A pretraining batch shaped like the collator's: [CLS] A [SEP] B [SEP] + padding; the
+    share `short_rows` of the rows is shorter than `seq_len` (end of document), padded."""
     g = torch.Generator().manual_seed(seed)
     B, T = batch_size, seq_len
-    # A quarter of the rows are shorter than T (end of document), padded to T.
     lengths = torch.full((B,), T)
-    short = torch.rand(B, generator=g) < 0.25
+    short = torch.rand(B, generator=g) < short_rows
     lengths[short] = torch.randint(T // 4, T, (int(short.sum()),), generator=g)
     pos = torch.arange(T)
     attention_mask = (pos < lengths[:, None]).long()  # (B, T)
@@ -81,71 +111,204 @@ def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 class Runner:
-    """One model + optimizer + precision; `step()` runs and times one training step."""
+    """One model + optimizer + precision; `step()` runs and times training steps."""
 
-    def __init__(self, model: torch.nn.Module, batch: dict, bf16: bool) -> None:
-        self.model, self.batch, self.bf16 = model.train(), batch, bf16
+    def __init__(self, model: torch.nn.Module, batch: dict, bf16: bool, block: int = 1) -> None:
+        self.model, self.batch, self.bf16, self.block = model.train(), batch, bf16, block
+        self.device = batch["input_ids"].device
         self.optimizer = make_optimizer(model)
-        self.seconds: list[float] = []
+        self.seconds: list[float] = []  # per step
 
-    def step(self, timed: bool = True) -> None:
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def step(self, timed: bool = True) -> float:
+        """Run `block` steps; returns their mean time in seconds."""
         autocast = (
-            torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.bf16
+            else contextlib.nullcontext()
         )
+        self._sync()
         start = time.perf_counter()
-        with autocast:
-            loss = self.model(**self.batch).loss
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for _ in range(self.block):
+            with autocast:
+                loss = self.model(**self.batch).loss
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self._sync()
+        seconds = (time.perf_counter() - start) / self.block
         if timed:
-            self.seconds.append(time.perf_counter() - start)
+            self.seconds.append(seconds)
+        return seconds
 
     def seqs_per_s(self, batch_size: int) -> float:
         # The median ignores steps slowed by other processes on a shared machine.
         return batch_size / statistics.median(self.seconds)
 
 
-def bench_model(name: str, args: argparse.Namespace) -> list[tuple]:
+def build_variant(
+    name: str, config: BertConfig, weights: dict, batch: dict, bf16: bool, block: int
+) -> Runner:
+    """The runner of one VARIANTS entry, with `weights` and the batch on its device."""
     import transformers
 
+    side, unpadded, compiled = VARIANTS[name]
+    device = batch["input_ids"].device
+    if side == "hf":
+        hf_config = transformers.BertConfig(
+            **{k: v for k, v in config.to_dict().items() if k not in SPEED_FIELDS},
+            attn_implementation="sdpa",
+        )
+        model = transformers.BertForPreTraining(hf_config)
+        model.load_state_dict(weights)
+        model.to(device)
+        if compiled:
+            model = torch.compile(model)
+    else:
+        model = BertForPreTraining(replace(config, unpad=unpadded))
+        model.load_state_dict(weights)
+        model.to(device)
+        if unpadded:  # built on the host and copied, as the training loop does
+            packing = Packing.of(batch["attention_mask"].cpu(), batch["labels"].cpu())
+            batch = {**batch, "packing": packing.to(device)}
+        if compiled:
+            for layer in model.bert.encoder.layer:
+                layer.compile()
+    return Runner(model, batch, bf16, block)
+
+
+@dataclass
+class Row:
+    model: str
+    seq_len: int
+    batch_size: int
+    variant: str
+    precision: str
+    seq_per_s: float
+    mfu: float | None
+    first_step_s: float  # warm-up included compilation: reported once
+
+
+def bench_case(
+    name: str, seq_len: int, batch_size: int, variants: list[str], args: argparse.Namespace
+) -> list[Row]:
+    """Every variant on one model preset and sequence length, steps alternating."""
+    device = torch.device(args.device)
     config = load_preset(name)
     torch.manual_seed(0)
     weights = BertForPreTraining(config).state_dict()
-    hf_config = transformers.BertConfig(
-        **{k: v for k, v in config.to_dict().items() if k != "gradient_checkpointing"},
-        attn_implementation="sdpa",
-    )
-    batch = make_batch(config, args.batch_size, args.seq_len)
-    warmup, steps = DEFAULT_STEPS.get(name, BIG_MODEL_STEPS)
+    short = SHORT_ROWS.get(seq_len, 0.25)
+    batch = make_batch(config, batch_size, seq_len, short_rows=short)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    masked = float((batch["labels"] != -100).sum()) / batch_size
+    on_gpu = device.type == "cuda"
+    warmup, steps = GPU_STEPS if on_gpu else DEFAULT_STEPS.get(name, BIG_MODEL_STEPS)
     steps, warmup = args.steps or steps, warmup if args.warmup is None else args.warmup
+    precisions = [True] if on_gpu else ([False, True] if args.bf16 else [False])
     runners: dict[tuple[str, bool], Runner] = {}
-    for bf16 in [False, True] if args.bf16 else [False]:
-        for side, cls in (("bertpt", BertForPreTraining), ("hf", transformers.BertForPreTraining)):
-            model = cls(hf_config if side == "hf" else config)
-            model.load_state_dict(weights)
-            runners[side, bf16] = Runner(model, batch, bf16)
-
-    for _ in range(warmup):  # allocator, kernel selection, first touch of the weights
+    first: dict[tuple[str, bool], float] = {}
+    for bf16 in precisions:
+        for variant in variants:
+            try:
+                runner = build_variant(
+                    variant, config, weights, batch, bf16, GPU_BLOCK if on_gpu else 1
+                )
+                first[variant, bf16] = runner.step(timed=False)  # compiles, where compiled
+            except Exception as e:  # a variant that cannot run here is reported, not fatal
+                print(f"{name} {seq_len} {variant}: did not run ({type(e).__name__}: {e})")
+                continue
+            runners[variant, bf16] = runner
+    for _ in range(max(warmup - 1, 0)):  # allocator, kernel selection, first touch of weights
         for runner in runners.values():
             runner.step(timed=False)
     for _ in range(steps):  # alternate, so that drifts of the machine hit all alike
         for runner in runners.values():
             runner.step()
-
+    peak = peak_flops(torch.cuda.get_device_name(device)) if on_gpu else None
     rows = []
-    for (side, bf16), runner in runners.items():
-        if side == "hf":
-            continue
-        # bertpt fp32 against HF fp32; bertpt bf16 against HF at its best precision.
-        hf = max(
-            (r for (s, p), r in runners.items() if s == "hf" and p <= bf16),
-            key=lambda r: r.seqs_per_s(1),
+    for (variant, bf16), runner in runners.items():
+        sps = runner.seqs_per_s(batch_size)
+        util = mfu(sps, config, seq_len, masked, peak) if peak else None
+        precision = "bf16" if bf16 else "fp32"
+        rows.append(
+            Row(name, seq_len, batch_size, variant, precision, sps, util, first[variant, bf16])
         )
-        ours_sps, hf_sps = runner.seqs_per_s(args.batch_size), hf.seqs_per_s(args.batch_size)
-        precision = ["fp32", "bf16"]
-        rows.append((name, precision[bf16], ours_sps, precision[hf.bf16], hf_sps, steps))
     return rows
+
+
+def print_rows(rows: list[Row], steps_note: str) -> None:
+    """One line per variant; the ratio is to transformers eager at the same precision (on a
+    CPU, bertpt under bf16 against HF at its best of fp32 and bf16)."""
+    header = ("model", "seq", "batch", "variant", "prec", "seq/s", "tok/s", "MFU", "vs HF", "1st s")
+    print("{:<6} {:>4} {:>5} {:<25} {:<4} {:>8} {:>9} {:>6} {:>6} {:>6}".format(*header))
+    for r in rows:
+        hf = [
+            h.seq_per_s
+            for h in rows
+            if h.variant == "hf" and (h.model, h.seq_len) == (r.model, r.seq_len)
+            and (h.precision == r.precision or r.precision == "bf16")
+        ]  # fmt: skip
+        ratio = f"{r.seq_per_s / max(hf):.2f}x" if hf else "-"
+        util = f"{r.mfu:.1%}" if r.mfu is not None else "-"
+        print(
+            f"{r.model:<6} {r.seq_len:>4} {r.batch_size:>5} {r.variant:<25} {r.precision:<4} "
+            f"{r.seq_per_s:>8.1f} {r.seq_per_s * r.seq_len:>9.0f} {util:>6} {ratio:>6} "
+            f"{r.first_step_s:>6.1f}",
+            flush=True,
+        )
+    print(steps_note)
+
+
+def largest_batch(fits: Callable[[int], bool], start: int, limit: int) -> int:
+    """The largest batch size up to `limit` for which `fits` holds (0: none), assuming that
+    every batch smaller than one that fits fits too: doubling from `start`, then bisection."""
+    low, size = 0, start
+    while size <= limit and fits(size):
+        low, size = size, size * 2
+    high = min(size, limit + 1)  # does not fit, or is past the limit
+    while high - low > 1:
+        mid = (low + high) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def _fits(config: BertConfig, weights: dict, seq_len: int, batch_size: int) -> bool:
+    """Whether two training steps of the trainer=gpu variant run at this batch size."""
+    batch = make_batch(config, batch_size, seq_len, short_rows=0.0)  # no padding: the worst
+    batch = {k: v.to("cuda") for k, v in batch.items()}
+    try:
+        runner = build_variant(VARIANTS_GPU, config, weights, batch, True, 1)
+        runner.step(timed=False)
+        runner.step(timed=False)  # the optimizer's state exists from the first step on
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        runner = batch = None
+        torch.cuda.empty_cache()
+
+
+def max_batch_report(args: argparse.Namespace, memory_gb: float = 80.0) -> None:
+    """The largest batch of the trainer=gpu step (unpadded, compiled, bf16, fused AdamW) that
+    fits in `memory_gb` of this GPU, for base at 128 and 512 and large at 512, with and
+    without activation checkpointing."""
+    device = torch.device(args.device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gb * 1e9 / total), device)
+    print(f"largest batch in {memory_gb:.0f} GB of one {torch.cuda.get_device_name(device)}")
+    for name, seq_len in (("base", 128), ("base", 512), ("large", 512)):
+        for checkpointing in (False, True):
+            config = replace(load_preset(name), gradient_checkpointing=checkpointing)
+            fits = partial(_fits, config, BertForPreTraining(config).state_dict(), seq_len)
+            best = largest_batch(fits, start=GPU_BATCH[seq_len], limit=1 << 14)
+            note = "with" if checkpointing else "without"
+            print(f"  {name:<5} seq {seq_len}: {best} sequences ({note} gradient_checkpointing)")
 
 
 def run_throughput(run: Path, from_step: int) -> tuple[float, BertConfig, int, float]:
@@ -165,12 +328,13 @@ def run_throughput(run: Path, from_step: int) -> tuple[float, BertConfig, int, f
     return seq_per_s, BertConfig.from_dict(model), report["max_seq_length"], masked
 
 
-def lightning_run(steps: int, extra: list[str]) -> None:
+def lightning_run(steps: int, extra: list[str]) -> float | None:
     """BERT-base phase 1 (seq 128, bf16, ``trainer=gpu``) for ``steps`` steps of the real
-    command, ``python -m bertpt.train``; prints its throughput and model-FLOPs utilisation."""
+    command, ``python -m bertpt.train``; prints its throughput and model-FLOPs utilisation and
+    returns its seq/s (None without a GPU)."""
     if not torch.cuda.is_available():
         print("no CUDA device here: the Lightning run needs a GPU (skipped)")
-        return
+        return None
     from_step = min(50, steps // 4)  # after compilation, allocator and loader warm-up
     with tempfile.TemporaryDirectory() as tmp:
         args = [
@@ -190,10 +354,11 @@ def lightning_run(steps: int, extra: list[str]) -> None:
     shown = f"{util:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else "unknown peak"
     print(  # trainer=gpu trains on one GPU
         f"\nLightning, one {name}: {seq_per_s:.0f} seq/s "
-        f"({seq_per_s * seq_len:.0f} tok/s, median step from step {from_step}), MFU {shown}; "
-        f"{steps} steps in {wall:.0f} s with start-up\n"
+        f"({seq_per_s * seq_len:.0f} tok/s, median of the logged windows from step {from_step}), "
+        f"MFU {shown}; {steps} steps in {wall:.0f} s with start-up\n"
         f"{FORMULA}: {flops / 1e9:.1f} GFLOP at seq {seq_len}, {masked:.1f} masked"
     )
+    return seq_per_s
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,9 +366,12 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m bertpt.bench",
         description="Time full training steps of bertpt and transformers.BertForPreTraining.",
     )
-    parser.add_argument("--models", default="tiny,mini,base", help="presets from conf/model")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--models", default=None, help="presets from conf/model")
+    parser.add_argument("--seq-lens", default=None, help="comma-separated sequence lengths")
+    parser.add_argument("--variants", default=None, help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--batch-size", type=int, default=None, help="CPU 32; GPU 256 / 32")
+    parser.add_argument("--seq-len", type=int, default=None, help="one sequence length")
     parser.add_argument(
         "--steps", type=int, default=None, help="timed steps per side (default: by model size)"
     )
@@ -211,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--bf16",
         action="store_true",
-        help="also time bertpt under bf16 autocast against HF at its best of fp32 / bf16",
+        help="CPU: also time under bf16 autocast (a GPU always runs bf16)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
@@ -220,33 +388,64 @@ def main(argv: list[str] | None = None) -> None:
         nargs="?",
         const=200,
         metavar="STEPS",
-        help="instead: BERT-base through python -m bertpt.train on the GPU (default 200 steps)",
+        help="only BERT-base through python -m bertpt.train on the GPU (default 200 steps)",
+    )
+    parser.add_argument(
+        "--max-batch", action="store_true", help="GPU: the largest batch that fits in 80 GB"
     )
     args, extra = parser.parse_known_args(argv)
+    quiet_dependencies()
     if args.lightning:
         lightning_run(args.lightning, extra)
         return
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    kind = torch.device(args.device).type
+    if kind not in DEFAULTS:
+        parser.error(f"--device {args.device}: use cpu or cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    if args.max_batch:
+        max_batch_report(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
+    defaults = DEFAULTS[kind]
+    models = (args.models or defaults["models"]).split(",")
+    seq_lens = [args.seq_len] if args.seq_len else [
+        int(x) for x in (args.seq_lens or defaults["seq_lens"]).split(",")
+    ]  # fmt: skip
+    variants = (args.variants or defaults["variants"]).split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}: use {', '.join(VARIANTS)}")
 
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, batch {args.batch_size} x seq {args.seq_len}; "
-        "tokens/s counts padded positions; median step time"
+    where = (
+        torch.cuda.get_device_name(args.device)
+        if kind == "cuda"
+        else f"{torch.get_num_threads()} threads, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}"
     )
-    if args.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    print(
+        f"torch {torch.__version__}, {where}; tokens/s counts padded positions; median step "
+        "time; MFU on a GPU (FLOPs formula below)"
+    )
+    if args.bf16 and kind == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         print("warning: this CPU has no native bf16 (AVX512-BF16/AMX): bf16 runs emulated, slowly")
-    header = ("model", "bertpt", "seq/s", "tok/s", "HF", "seq/s", "tok/s", "ratio", "steps")
-    print("{:<7} {:<6} {:>8} {:>9} {:<4} {:>8} {:>9} {:>6} {:>5}".format(*header))
-    for name in args.models.split(","):
-        for name_, prec, sps, hf_prec, hf_sps, steps in bench_model(name, args):
-            T = args.seq_len
+    rows = []
+    for seq_len in seq_lens:
+        batch_size = args.batch_size or (GPU_BATCH.get(seq_len, 32) if kind == "cuda" else 32)
+        for name in models:
+            rows += bench_case(name, seq_len, batch_size, variants, args)
+    padding = ", ".join(f"{SHORT_ROWS.get(t, 0.25):.0%} of rows short at {t}" for t in seq_lens)
+    print_rows(rows, f"{FORMULA}; batches: {padding}")
+    if kind == "cuda":
+        lightning = lightning_run(200, [])
+        raw = [r for r in rows if (r.model, r.seq_len, r.variant) == ("base", 128, VARIANTS_GPU)]
+        if lightning and raw:
             print(
-                f"{name_:<7} {prec:<6} {sps:>8.1f} {sps * T:>9.0f} {hf_prec:<4} {hf_sps:>8.1f} "
-                f"{hf_sps * T:>9.0f} {sps / hf_sps:>5.2f}x {steps:>5}",
-                flush=True,
+                f"Lightning end to end / raw model step ({VARIANTS_GPU}, batch "
+                f"{raw[0].batch_size}): {lightning / raw[0].seq_per_s:.2f}"
             )
 
 

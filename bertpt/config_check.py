@@ -267,6 +267,12 @@ def _check_model(cfg: DictConfig) -> None:
     )
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
         _in_range(cfg, f"model.{key}", 0.0, 1.0, closed_high=False)
+    unpad = _get(cfg, "model.unpad")
+    _require(
+        unpad in (True, False, "auto"),
+        f"model.unpad={unpad!r}",
+        "use model.unpad=auto (unpadded on a GPU), true or false",
+    )
     pairs = _get(cfg, "data.objective") in PAIR_OBJECTIVES
     _positive_int(cfg, "model.type_vocab_size", minimum=2 if pairs else 1)  # segments A and B
     positions = _positive_int(cfg, "model.max_position_embeddings")

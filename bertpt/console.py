@@ -24,6 +24,12 @@ IGNORED_WARNINGS = (
     (r"Checkpoint directory .* exists and is not empty", UserWarning),
     # on_nan=skip returns None on purpose, and bertpt logs the skipped step itself.
     (r"`training_step` returned `None`", UserWarning),
+    # bertpt's module indexes the real tokens (unpadded path) before a batch is copied to the
+    # GPU, in Lightning's hook for that; the datamodule leaves that hook to it on purpose.
+    (r"You have overridden `on_before_batch_transfer` in `LightningModule`", UserWarning),
+    # torch's CPU fallback for unpadded attention (model.unpad=true on a CPU) converts the
+    # jagged tensors it is given to its older nested layout, and says so on every call.
+    (r"The PyTorch API of nested tensors is in prototype stage", UserWarning),
 )
 
 
@@ -59,6 +65,9 @@ def quiet_dependencies() -> None:
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _NoTips) for f in rank_zero.filters):
         rank_zero.addFilter(_NoTips())
+    # torch's nested tensors (the unpadded path) call a tracing check that warns, once per
+    # process, about an API of torch's own: nothing a user can act on.
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     # `import lightning` gives its logger a console handler of its own, and the messages also
     # reach the root logger's: where Hydra has set those up, each would print twice.
     if logging.getLogger().handlers:
@@ -102,7 +111,12 @@ class RunProgressBar(TQDMProgressBar):
         step = trainer.global_step
         if self._should_update(step, self.train_progress_bar.total):
             self.train_progress_bar.n = step
-            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+            # Metrics are read where Lightning logs them: reading them at other steps would make
+            # the host wait for the GPU (bertpt.module sums them on the device in between).
+            if trainer._logger_connector.should_update_logs:
+                self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+            else:
+                self.train_progress_bar.refresh()
 
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(disable=True)

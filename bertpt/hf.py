@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from bertpt.atomic import replace_dir, temp_dir_beside
 from bertpt.errors import UserError
-from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.model import SPEED_FIELDS, BertConfig, BertForPreTraining
 from bertpt.tokenizer import tokenizer_hash
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,10 @@ TIED = {
 }
 # bertpt's own record of an export (source, step, tokenizer hash); config.json stays HF's.
 EXPORT_INFO = "bertpt_export.json"
+# BertConfig's fields that a HF config.json holds under the same name (model_type is written
+# and read on its own, speed settings not at all).
 HF_FIELDS = tuple(
-    f.name
-    for f in dataclasses.fields(BertConfig)
-    if f.name not in ("gradient_checkpointing", "model_type")
+    f.name for f in dataclasses.fields(BertConfig) if f.name not in (*SPEED_FIELDS, "model_type")
 )
 
 

@@ -3,6 +3,12 @@
 The model itself knows nothing of Lightning; this module owns what training adds: AdamW with
 BERT's decay exclusions, warmup + linear decay, metrics, the NaN guard and the random state kept
 in checkpoints (so a resumed run continues the uninterrupted one exactly).
+
+A training step never waits for the GPU: metrics are summed on the device and read once every
+``trainer.log_every_n_steps`` (as averages over those steps), the NaN guard is a device-side flag
+read at the same moment, and the unpadded path's token index is built on the host before the
+batch is copied (Packing). Only ``on_nan=skip`` reads the loss every step: skipping a step is a
+decision the host has to take.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 
 from bertpt.data_report import format_report
 from bertpt.errors import UserError
-from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.model import SPEED_FIELDS, BertConfig, BertForPreTraining, Packing
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +70,10 @@ class BertPretrainModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model: BertForPreTraining | None = None
         self.optim = optim
-        self._last_step_time: float | None = None
+        self._window: _Window | None = None  # training metrics since the last log step
+        self._first_step: float | None = None  # when this process's first step started
         self._val_sums: torch.Tensor | None = None
+        self._val_counts = [0, 0]  # masked tokens, sequences
         self.skipped_steps: list[int] = []  # steps whose loss was not finite (on_nan=skip)
         self._rng_to_restore: dict | None = None
 
@@ -85,10 +93,8 @@ class BertPretrainModule(pl.LightningModule):
             from bertpt.hf import from_hf
 
             self.model = from_hf(init_from)
-            # A speed setting of this run, not of the weights: config.json does not carry it.
-            checkpointing = bool(cfg.get("gradient_checkpointing", False))
-            self.model.config.gradient_checkpointing = checkpointing
-            self.model.bert.encoder.gradient_checkpointing = checkpointing
+            # Speed settings of this run, not of the weights: config.json does not carry them.
+            self.model.set_speed(**{k: cfg[k] for k in SPEED_FIELDS if k in cfg})
             if self.model.config.vocab_size != cfg["vocab_size"]:
                 raise UserError(
                     f"model.init_from {init_from} has vocab_size {self.model.config.vocab_size} "
@@ -113,6 +119,15 @@ class BertPretrainModule(pl.LightningModule):
                 layer.compile()
 
     def on_fit_start(self) -> None:
+        if (
+            self.hparams.compile
+            and self.model.bert.packs(self.device)
+            and self.device.type != "cuda"
+        ):
+            raise UserError(
+                "model.unpad=true with trainer.compile=true needs a GPU (the CPU's unpadded "
+                "attention does not compile) — set model.unpad=auto or trainer.compile=false"
+            )
         report = getattr(self.trainer.datamodule, "report", None)
         if report and self.trainer.is_global_zero:
             log.info("data:\n%s", format_report(report))
@@ -122,62 +137,76 @@ class BertPretrainModule(pl.LightningModule):
     def forward(self, **batch: torch.Tensor):
         return self.model(**batch)
 
+    def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict:
+        """Index the real tokens for the unpadded path here, on the host: on the GPU, finding
+        them would make the host wait for the device every step."""
+        if self.model is not None and self.model.bert.packs(self.device):
+            packing = Packing.of(batch["attention_mask"], batch.get("labels"))
+            batch["packing"] = packing.pin_memory() if self.device.type == "cuda" else packing
+        return batch
+
     # --- training -----------------------------------------------------------------------------
 
-    def _metrics(self, batch: dict[str, torch.Tensor], out) -> dict[str, torch.Tensor]:
-        labels = batch["labels"]
-        masked = labels[labels != -100]  # (N,) in the row-major order of mlm_predictions
-        mlm_correct = (out.mlm_predictions == masked).sum()
-        nsp_correct = torch.zeros((), dtype=torch.long, device=labels.device)
-        if out.nsp_loss is not None:
-            nsp_predictions = out.seq_relationship_logits.argmax(-1)
-            nsp_correct = (nsp_predictions == batch["next_sentence_label"]).sum()
-        return {
-            "n_masked": torch.tensor(masked.numel(), device=labels.device),
-            "mlm_correct": mlm_correct,
-            "nsp_correct": nsp_correct,
-            "n_seq": torch.tensor(labels.shape[0], device=labels.device),
-        }
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._window is None:  # the first step of this process
+            self._window = _Window(self.device)
+            self._first_step = time.perf_counter()
+        self._window.batch_started()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._window.batch_ended()
+        if self._first_step is not None:
+            if self.hparams.compile:  # the first step compiles: said once
+                seconds = time.perf_counter() - self._first_step
+                log.info("compiled the encoder layers in the first step: %.1f s", seconds)
+            self._first_step = None
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
         out = self.model(**batch)
-        loss = out.loss
-        finite = bool(torch.isfinite(loss).all())
-        # Every rank must take the same decision, or DDP would hang on a skipped all-reduce.
-        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            self._skip_step(f"loss is {loss.item()} at step {self.global_step} (batch {batch_idx})")
-            # logged as it is: otherwise the last finite loss would be logged again at this step
-            n = batch["labels"].shape[0]
-            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
-            self.log("train/skipped_steps", float(len(self.skipped_steps)), batch_size=n)
-            return None
+        self._window.add(batch, out, self.global_step)  # a NaN loss too: it is logged as it is
+        if self.hparams.on_nan == "skip":
+            finite = bool(torch.isfinite(out.loss).all())
+            # Every rank must take the same decision, or DDP would hang on a skipped all-reduce.
+            if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+                self._skip_step(f"loss is {out.loss.item()} at step {self.global_step}")
+                return None
+        return out.loss
 
-        m = self._metrics(batch, out)
-        n = batch["labels"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log("train/mlm_loss", out.mlm_loss, batch_size=n)
-        self.log(
-            "train/mlm_acc",
-            m["mlm_correct"] / m["n_masked"].clamp(min=1),
-            prog_bar=True,
-            batch_size=n,
-        )
-        if out.nsp_loss is not None:  # RoBERTa's MLM-only batches have no sentence labels
-            self.log("train/nsp_loss", out.nsp_loss, batch_size=n)
-            self.log("train/nsp_acc", m["nsp_correct"] / n, batch_size=n)
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=n)
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Lightning writes logged metrics at these steps only: read the sums then, once (and
+        # at the last step, for the metrics a run returns).
+        last = self.global_step + 1 >= self.trainer.max_steps > 0
+        if self.trainer._logger_connector.should_update_logs or last:
+            self._log_window()
 
-        # Throughput over the whole step (data wait included), scaled to all ranks.
-        now = time.perf_counter()
-        if self._last_step_time is not None:
-            dt = now - self._last_step_time
-            world = self.trainer.world_size
-            self.log("train/seq_per_s", n * world / dt, batch_size=n)
-            tokens = batch["attention_mask"].sum() * world
-            self.log("train/tok_per_s", tokens.float() / dt, batch_size=n)
-        self._last_step_time = now
-        return loss
+    def _log_window(self) -> None:
+        window, self._window = self._window, _Window(self.device)
+        if not window.steps:
+            return
+        values, first_bad = window.read()  # the one device sync of this window
+        self._stop_if_not_finite(first_bad)
+        world = self.trainer.world_size
+        for name, value in values.items():
+            if name.endswith("per_s"):  # over the whole window, data wait included, all ranks
+                value *= world
+            self.log(f"train/{name}", value, prog_bar=name in ("loss", "mlm_acc"))
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        if self.skipped_steps:
+            self.log("train/skipped_steps", float(len(self.skipped_steps)))
+
+    def _stop_if_not_finite(self, first_bad: list[float] | None = None) -> None:
+        """on_nan=stop: a non-finite loss since the last log step stops the run (read there,
+        before a checkpoint is saved and at the end: never a sync of its own per step).
+        `first_bad`: the window's (step, loss), already read; None: read them here."""
+        if self.hparams.on_nan != "stop" or (first_bad is None and self._window is None):
+            return
+        step, loss = first_bad or self._window.first_bad.tolist()
+        if step >= 0:
+            self._skip_step(f"loss is {loss} at step {int(step)}")
+
+    def on_train_end(self) -> None:
+        self._stop_if_not_finite()  # the steps after the last log step
 
     def _skip_step(self, msg: str) -> None:
         """A non-finite loss: stop (on_nan=stop), or skip the step, up to max_skipped_steps."""
@@ -225,41 +254,42 @@ class BertPretrainModule(pl.LightningModule):
                 torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
         if gradient_clip_algorithm == "value" and gradient_clip_val:
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)  # elementwise: shard-safe
-        self.log("train/grad_norm", norm)
+        self._window.grad_norm(norm)
 
     # --- validation ---------------------------------------------------------------------------
 
     def on_validation_epoch_start(self) -> None:
-        # sums of: mlm loss x masked, masked, mlm correct, nsp loss x sequences, nsp correct,
-        # sequences
-        self._val_sums = torch.zeros(6, dtype=torch.float64, device=self.device)
+        # on the device: mlm loss x masked, mlm correct, nsp loss x sequences, nsp correct
+        self._val_sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        self._val_counts = [0, 0]  # on the host: masked tokens, sequences
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.model(**batch)
-        m = self._metrics(batch, out)
-        n_seq = m["n_seq"].double()
-        nsp_loss = out.nsp_loss.double() if out.nsp_loss is not None else n_seq.new_zeros(())
+        n_masked, n_seq = out.mlm_labels.numel(), len(batch["labels"])
+        nsp_loss, nsp_correct = _nsp_loss_correct(batch, out)
         self._val_sums += torch.stack(
             [
-                out.mlm_loss.double() * m["n_masked"],
-                m["n_masked"].double(),
-                m["mlm_correct"].double(),
-                nsp_loss * n_seq,
-                m["nsp_correct"].double(),
-                n_seq,
+                out.mlm_loss.double() * n_masked,
+                (out.mlm_predictions == out.mlm_labels).sum().double(),
+                nsp_loss.double() * n_seq,
+                nsp_correct.double(),
             ]
         )
+        self._val_counts[0] += n_masked
+        self._val_counts[1] += n_seq
 
     def on_validation_epoch_end(self) -> None:
-        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
-        mlm_x_n, n_masked, mlm_correct, nsp_x_n, nsp_correct, n_seq = sums.tolist()
+        counts = torch.tensor(self._val_counts, dtype=torch.float64, device=self.device)
+        sums = torch.cat((self._val_sums, counts))
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        mlm_x_n, mlm_correct, nsp_x_n, nsp_correct, n_masked, n_seq = sums.tolist()
         mlm_loss = mlm_x_n / max(n_masked, 1)
         metrics = {
             "val/mlm_loss": mlm_loss,
             "val/mlm_acc": mlm_correct / max(n_masked, 1),
             "val/perplexity": math.exp(min(mlm_loss, 50.0)),
         }
-        if self.model.config.nsp_head:
+        if self.model.config.nsp_head:  # RoBERTa has none: no NSP metrics
             metrics["val/nsp_loss"] = nsp_x_n / max(n_seq, 1)
             metrics["val/nsp_acc"] = nsp_correct / max(n_seq, 1)
         for name, value in metrics.items():
@@ -293,6 +323,7 @@ class BertPretrainModule(pl.LightningModule):
     # --- random state in checkpoints (exact resume of dropout and anything else random) --------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._stop_if_not_finite()  # never save the weights of a step with a NaN loss
         checkpoint["skipped_steps"] = list(self.skipped_steps)
         # One state per rank (each rank draws its own dropout masks), gathered on every rank:
         # Lightning dumps the checkpoint on all of them and rank 0 writes it.
@@ -329,6 +360,89 @@ class BertPretrainModule(pl.LightningModule):
             )
         _set_rng_state(states[self.global_rank % len(states)])
         self._rng_to_restore = None
+
+
+def _nsp_loss_correct(batch: dict[str, torch.Tensor], out) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's NSP loss and correct count; zeros for a model without the head (RoBERTa)."""
+    if out.nsp_loss is None:
+        zero = out.mlm_loss.detach().new_zeros(())
+        return zero, zero
+    correct = (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
+    return out.nsp_loss, correct
+
+
+class _Window:
+    """Training metrics summed on the device over the steps between two log steps, read once.
+
+    Host-side counts (sequences, masked tokens, steps) need no device; the wall time runs from
+    the previous read (a sync, so device and host agree there) to this one.
+    """
+
+    NAMES = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "nsp_correct", "grad_norm", "tokens")
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(len(self.NAMES), dtype=torch.float64, device=device)
+        # the first step whose loss was not finite (-1: none) and that loss
+        self.first_bad = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=device)
+        self.steps = self.sequences = self.masked = self.norms = 0
+        self.nsp = False  # whether the steps had a next-sentence loss
+        self.started = time.perf_counter()
+        self.data_wait = 0.0
+        self._batch_end: float | None = None
+
+    def batch_started(self) -> None:
+        if self._batch_end is not None:  # the loop was fetching the batch since then
+            self.data_wait += time.perf_counter() - self._batch_end
+
+    def batch_ended(self) -> None:
+        self._batch_end = time.perf_counter()
+
+    def add(self, batch: dict[str, torch.Tensor], out, step: int) -> None:
+        nsp_loss, nsp_correct = _nsp_loss_correct(batch, out)
+        self.nsp = out.nsp_loss is not None
+        values = (
+            out.loss,
+            out.mlm_loss,
+            nsp_loss,
+            (out.mlm_predictions == out.mlm_labels).sum(),
+            nsp_correct,
+        )
+        tokens = batch["attention_mask"].sum()
+        self.sums[:5] += torch.stack([v.detach().double() for v in values])
+        self.sums[6] += tokens
+        loss = out.loss.detach().double()
+        first = ~torch.isfinite(loss) & (self.first_bad[0] < 0)
+        # python scalars go into the kernel as arguments: no copy to the device, no sync
+        at_step = torch.where(first, float(step), self.first_bad[0])
+        self.first_bad = torch.stack([at_step, torch.where(first, loss, self.first_bad[1])])
+        self.steps += 1
+        self.sequences += len(batch["labels"])
+        self.masked += out.mlm_labels.numel()
+
+    def grad_norm(self, norm: torch.Tensor) -> None:
+        self.sums[5] += norm.detach().double()
+        self.norms += 1
+
+    def read(self) -> tuple[dict[str, float], list[float]]:
+        """The averages over the window, and the first non-finite loss's (step, loss)."""
+        *sums, bad_step, bad_loss = torch.cat((self.sums, self.first_bad)).tolist()
+        sums = dict(zip(self.NAMES, sums, strict=True))
+        seconds = time.perf_counter() - self.started
+        nsp = {  # none for a model without the head (RoBERTa)
+            "nsp_loss": sums["nsp_loss"] / self.steps,
+            "nsp_acc": sums["nsp_correct"] / self.sequences,
+        }
+        return {
+            "loss": sums["loss"] / self.steps,
+            "mlm_loss": sums["mlm_loss"] / self.steps,
+            "mlm_acc": sums["mlm_correct"] / max(self.masked, 1),
+            **(nsp if self.nsp else {}),
+            **({"grad_norm": sums["grad_norm"] / self.norms} if self.norms else {}),
+            "seq_per_s": self.sequences / seconds,
+            "tok_per_s": sums["tokens"] / seconds,
+            # the share of the window's wall time the loop spent waiting for batches
+            "data_wait": self.data_wait / seconds,
+        }, [bad_step, bad_loss]
 
 
 def _rng_state() -> dict[str, Any]:

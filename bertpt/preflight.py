@@ -18,12 +18,10 @@ from typing import Any
 from bertpt.errors import UserError
 from bertpt.export import load_bertpt_checkpoint, run_folder_of
 from bertpt.hf import read_state_dict, weights_file
+from bertpt.model import SPEED_FIELDS
 from bertpt.tokenizer import check_tokenizer_hash, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-# Model settings that change only the speed: a checkpoint resumes under other values.
-SPEED_ONLY = ("gradient_checkpointing",)
 
 
 @dataclass
@@ -40,7 +38,8 @@ def read_resume(path: Path, model_config: dict[str, Any]) -> Resume:
     ckpt = load_bertpt_checkpoint(path)
     hparams = ckpt["hyper_parameters"]
     trained = hparams["model_config"]
-    ignore = {"vocab_size", "init_from", *SPEED_ONLY}  # the vocabulary is the tokenizer's
+    # The vocabulary is the tokenizer's; speed settings may change between the legs of a run.
+    ignore = {"vocab_size", "init_from", *SPEED_FIELDS}
     differ = [
         f"{k}={trained.get(k)!r} (this run: {v!r})"
         for k, v in model_config.items()

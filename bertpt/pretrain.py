@@ -33,16 +33,18 @@ log = logging.getLogger(__name__)
 SPEED_KEYS = ("num_workers", "pad_to_multiple_of", "compile", "fused_optimizer")
 
 
-def _fit_to_machine(trainer_cfg: dict[str, Any]) -> None:
+def _fit_to_machine(trainer_cfg: dict[str, Any], speed: dict[str, Any]) -> None:
     """Run a GPU config on a machine without a GPU: warn and use what the CPU supports."""
     if trainer_cfg.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         log.warning(
-            "no GPU here: running on the CPU with 1 device, fp32 (asked: %s devices, %s, %s)",
+            "no GPU here: running on the CPU with 1 device, fp32, not compiled (asked: %s "
+            "devices, %s, %s)",
             trainer_cfg.get("devices"),
             trainer_cfg.get("strategy"),
             trainer_cfg.get("precision"),
         )
         trainer_cfg.update(accelerator="cpu", devices=1, strategy="auto", precision="32-true")
+        speed["compile"] = False  # compiling for a CPU run of a GPU config costs minutes
     elif not torch.cuda.is_available() and str(trainer_cfg.get("precision")).startswith("16"):
         log.warning("fp16 needs a GPU: using 32-true on the CPU")
         trainer_cfg["precision"] = "32-true"
@@ -66,7 +68,7 @@ def build_trainer(
     """The Trainer of conf/trainer (fitted to this machine), and the speed keys it does not take."""
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     speed = {k: trainer_cfg.pop(k, None) for k in SPEED_KEYS}
-    _fit_to_machine(trainer_cfg)
+    _fit_to_machine(trainer_cfg, speed)
     plugins = [hydra.utils.instantiate(p) for p in trainer_cfg.pop("plugins", None) or []]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())  # a crash mid-write never leaves a corrupt last.ckpt

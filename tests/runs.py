@@ -88,3 +88,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def train_without_recompiling(model, batches, autocast: str | None = None) -> None:
+    """Training steps (forward, backward) of a model whose layers are compiled, over batches of
+    other shapes: any recompilation after the first batch fails."""
+    import contextlib
+
+    import torch
+
+    torch._dynamo.reset()
+    try:
+        for i, batch in enumerate(batches):
+            precision = (
+                torch.autocast(autocast, dtype=torch.bfloat16)
+                if autocast
+                else contextlib.nullcontext()
+            )
+            with precision:
+                model(**batch).loss.backward()
+            if i == 0:
+                torch.compiler.set_stance("fail_on_recompile")
+    finally:
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()

@@ -60,3 +60,31 @@ def test_run_throughput_reads_a_real_run(tmp_path, data_dir):
     assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (128, 2, 8192)
     assert 10 < masked < 20  # ~15% of ~110 real tokens
     assert flops_per_sequence(config, seq_len, masked) > 0
+
+
+def test_largest_batch_doubles_then_bisects():
+    from bertpt.bench import largest_batch
+
+    tried = []
+
+    def fits(n: int) -> bool:
+        tried.append(n)
+        return n <= 300
+
+    assert largest_batch(fits, start=64, limit=1 << 14) == 300
+    assert tried[:4] == [64, 128, 256, 512] and len(tried) < 14
+    assert largest_batch(lambda n: n <= 5, start=256, limit=1024) == 5  # the first one is too big
+    assert largest_batch(lambda n: False, start=8, limit=1024) == 0
+    assert largest_batch(lambda n: True, start=8, limit=100) == 100
+
+
+def test_cli_times_each_variant_side_by_side(capsys):
+    from bertpt.bench import main
+
+    main(["--models", "tiny", "--variants", "bertpt,bertpt-unpadded,hf", "--batch-size", "8",
+          "--steps", "2", "--warmup", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    rows = {line.split()[3]: line.split() for line in out.splitlines() if line.startswith("tiny")}
+    assert set(rows) == {"bertpt", "bertpt-unpadded", "hf"}
+    assert rows["hf"][8] == "1.00x" and all(float(r[5]) > 0 for r in rows.values())
+    assert "6 x non-embedding params" in out  # the FLOPs formula beside the figures

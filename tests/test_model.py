@@ -49,9 +49,11 @@ def make_pair(spec: dict, seed: int = 0):
     return hf.eval(), ours.eval(), BertConfig(**kw)
 
 
-def make_batch(config: BertConfig, B: int = 4, T: int = 13, seed: int = 1) -> dict:
+def make_batch(
+    config: BertConfig, B: int = 4, T: int = 13, seed: int = 1, lengths: list | None = None
+) -> dict:
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor([T, T - 4, 5, T])[:B]
+    lengths = torch.tensor(lengths or [T, T - 4, 5, T])[:B]
     attention_mask = (torch.arange(T) < lengths[:, None]).long()
     input_ids = torch.randint(0, config.vocab_size, (B, T), generator=g)
     input_ids[attention_mask == 0] = config.pad_token_id
@@ -130,9 +132,12 @@ def test_training_mode_uses_dropout_and_eval_is_deterministic():
     assert torch.equal(model(**batch).loss, model(**batch).loss)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    plain = BertForPreTraining(small_config(num_hidden_layers=2)).train()
-    ckpt = BertForPreTraining(small_config(num_hidden_layers=2, gradient_checkpointing=True))
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_gradient_checkpointing_gives_the_same_gradients(unpad):
+    plain = BertForPreTraining(small_config(num_hidden_layers=2, unpad=unpad)).train()
+    ckpt = BertForPreTraining(
+        small_config(num_hidden_layers=2, gradient_checkpointing=True, unpad=unpad)
+    )
     ckpt.train().load_state_dict(plain.state_dict())
     batch = make_batch(plain.config)
     for model in (plain, ckpt):  # dropout on: the replayed RNG state must match

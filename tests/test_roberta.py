@@ -84,6 +84,29 @@ def test_imported_weights_give_the_same_logits_loss_and_gradients(tmp_path, batc
         torch.testing.assert_close(ours_names[ours_name].grad, grads[hf_name], **TOL)
 
 
+def test_the_unpadded_path_numbers_positions_as_roberta_does(tmp_path, batch):
+    """model.unpad (the GPU path; on a CPU through torch's jagged fallback): the real tokens'
+    logits, the loss and the gradients equal transformers' padded RoBERTa."""
+    hf = hf_roberta()
+    hf.save_pretrained(tmp_path)
+    ours = from_hf(tmp_path)
+    ours.set_speed(unpad=True)
+    real = batch["attention_mask"].bool()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        ref = hf(**inputs).logits
+        torch.testing.assert_close(ours.eval()(**inputs).prediction_logits[real], ref[real], **TOL)
+    hf_loss, loss = hf(**batch).loss, ours(**batch).loss
+    torch.testing.assert_close(loss, hf_loss, **TOL)
+    hf_loss.backward()
+    loss.backward()
+    torch.testing.assert_close(
+        ours.bert.embeddings.position_embeddings.weight.grad,
+        hf.roberta.embeddings.position_embeddings.weight.grad,
+        **TOL,
+    )
+
+
 def test_export_loads_in_transformers_without_missing_or_unexpected_keys(tmp_path, batch):
     ours = randomize(BertForPreTraining(BertConfig(**KW, model_type="roberta")))
     out = to_hf(ours, tmp_path / "hf")
