@@ -3,9 +3,11 @@
 Selection follows either Hugging Face (``mask_mode="independent"``: every candidate token is
 selected with probability ``mlm_probability``) or Google (``"exact"``: ``round(n * p)`` tokens per
 sequence, at least 1, at most ``max_predictions_per_seq``, where ``n`` counts the candidates).
-Candidates are the non-special tokens: ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (and any other special
-token of the tokenizer) are never selected, as in HF. Of the selected tokens 80 % become
-``[MASK]``, 10 % a random *non-special* token and 10 % stay unchanged.
+Candidates are the non-special tokens: ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (RoBERTa's ``<pad>
+<unk> <s> </s> <mask>``, and any other special token of the tokenizer) are never selected, as in
+HF. Of the selected tokens 80 % become ``[MASK]``, 10 % a random *non-special* token and 10 % stay
+unchanged. Items with ``token_type_ids`` (pairs) give a batch with them; items without (RoBERTa's
+packed sentences) give a batch without.
 
 Whole-word masking treats a word (a piece and the ``##`` pieces that follow it) as one unit; in
 exact mode words are taken in random order, each one that still fits the budget (as Google).
@@ -19,23 +21,15 @@ All work is vectorised numpy over the (B, T) batch.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from bertpt.errors import UserError
+from bertpt.tokenizer import resolve_tokenizer, special_token_ids
+
 _MASK_TAG = 0x3A5C  # domain-separates the masking stream from the pair planner's
-
-
-def resolve_tokenizer(tokenizer):
-    """A ``tokenizers.Tokenizer`` from a folder, a tokenizer.json path, a fast ``transformers``
-    tokenizer or a ``tokenizers.Tokenizer`` itself."""
-    if isinstance(tokenizer, str | os.PathLike):
-        from bertpt.tokenizer import load_tokenizer
-
-        return load_tokenizer(tokenizer)
-    return getattr(tokenizer, "backend_tokenizer", tokenizer)
 
 
 class MaskingCollator:
@@ -71,12 +65,19 @@ class MaskingCollator:
             tok = resolve_tokenizer(tokenizer)
             vocab = tok.get_vocab()
             vocab_size = tok.get_vocab_size()
-            pad_id, mask_id = tok.token_to_id("[PAD]"), tok.token_to_id("[MASK]")
+            roles = special_token_ids(tok)
+            pad_id, mask_id = roles["pad"], roles["mask"]
             added = tok.get_added_tokens_decoder()
-            special_ids = sorted({i for i, t in added.items() if t.special} | {pad_id, mask_id})
+            special_ids = sorted({i for i, t in added.items() if t.special} | set(roles.values()))
             continuation_ids = [i for t, i in vocab.items() if t.startswith("##")]
         if vocab_size is None:
             raise ValueError("give a tokenizer, or vocab_size with the special ids")
+        if whole_word_mask and not len(continuation_ids):
+            raise UserError(
+                "data.whole_word_mask=true needs WordPiece's ## continuation pieces, and this "
+                "tokenizer has none (byte-level BPE marks word starts instead) — set "
+                "data.whole_word_mask=false"
+            )
         self.vocab_size, self.pad_id, self.mask_id = vocab_size, pad_id, mask_id
         self.mlm_probability, self.mask_mode, self.seed, self.rank = (
             mlm_probability,
@@ -186,9 +187,6 @@ class MaskingCollator:
                 f"token id {flat_ids.max()} outside the collator's vocabulary of {self.vocab_size}:"
                 " build the collator with the tokenizer that tokenized the data"
             )
-        types = np.zeros_like(ids)
-        if "token_type_ids" in items[0]:
-            types[valid] = np.concatenate([np.asarray(x["token_type_ids"]) for x in items])
         cand = valid & ~self.special_lut[ids]
         sel = np.flatnonzero(self._select(rng, ids, cand))  # flat positions to predict
         flat = ids.reshape(-1)  # views: fancy assignment through them, not through .flat
@@ -202,12 +200,13 @@ class MaskingCollator:
         flat[sel[randomised]] = self.replacement_ids[
             rng.integers(0, self.replacement_ids.size, n_rand)
         ]
-        batch = {
-            "input_ids": torch.from_numpy(ids),
-            "token_type_ids": torch.from_numpy(types),
-            "attention_mask": torch.from_numpy(valid.astype(np.int64)),
-            "labels": torch.from_numpy(labels),
-        }
+        batch = {"input_ids": torch.from_numpy(ids)}
+        if "token_type_ids" in items[0]:
+            types = np.zeros_like(ids)
+            types[valid] = np.concatenate([np.asarray(x["token_type_ids"]) for x in items])
+            batch["token_type_ids"] = torch.from_numpy(types)
+        batch["attention_mask"] = torch.from_numpy(valid.astype(np.int64))
+        batch["labels"] = torch.from_numpy(labels)
         if "next_sentence_label" in items[0]:
             nsl = (x["next_sentence_label"] for x in items)
             nsl = np.fromiter(nsl, dtype=np.int64, count=len(items))

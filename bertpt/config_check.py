@@ -42,6 +42,12 @@ OWNERS = {
 }
 # bertpt.model.ACTIVATIONS, named without importing torch (tests/test_model.py keeps them equal).
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
+# bertpt.model.MODEL_TYPES: the one encoder as BERT (pooler, next-sentence head) or as RoBERTa.
+MODEL_TYPES = ("bert", "roberta")
+# data.objective: those that train on sentence pairs with a next-sentence (or order) head, and
+# RoBERTa's MLM-only packed sentences (bertpt.packing.CROSS_DOCUMENTS).
+PAIR_OBJECTIVES = ("nsp", "sop")
+MLM_OBJECTIVES = ("mlm", "doc-sentences")
 # Lightning's precision flags, its short aliases included (compared as strings: 32 is 32).
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 PRECISIONS += ("32", "16", "bf16", "64", "transformer-engine", "transformer-engine-float16")
@@ -267,12 +273,17 @@ def _check_model(cfg: DictConfig) -> None:
         f"model.unpad={unpad!r}",
         "use model.unpad=auto (unpadded on a GPU), true or false",
     )
-    _positive_int(cfg, "model.type_vocab_size", minimum=2)  # segments A and B
+    pairs = _get(cfg, "data.objective") in PAIR_OBJECTIVES
+    _positive_int(cfg, "model.type_vocab_size", minimum=2 if pairs else 1)  # segments A and B
     positions = _positive_int(cfg, "model.max_position_embeddings")
     seq = _positive_int(cfg, "data.max_seq_length", minimum=8)
+    pad = _positive_int(cfg, "model.pad_token_id", minimum=0)
+    # RoBERTa numbers positions from pad_token_id + 1 (514 embeddings for 512 tokens)
+    offset = pad + 1 if _get(cfg, "model.model_type") == "roberta" else 0
     _require(
-        seq <= positions,
-        f"data.max_seq_length={seq} exceeds model.max_position_embeddings={positions}",
+        seq + offset <= positions,
+        f"data.max_seq_length={seq} exceeds model.max_position_embeddings={positions}"
+        + (f" - {offset} (RoBERTa's positions start at pad_token_id + 1)" if offset else ""),
         "lower data.max_seq_length or raise model.max_position_embeddings",
     )
     _positive_int(cfg, "tokenizer.vocab_size", minimum=64)
@@ -298,7 +309,7 @@ def _check_data(cfg: DictConfig) -> None:
     _positive_int(cfg, "data.max_predictions_per_seq")
     _positive_int(cfg, "data.num_proc")
     choices = {
-        "data.objective": ("nsp", "sop"),
+        "data.objective": PAIR_OBJECTIVES + MLM_OBJECTIVES,
         "data.mask_mode": ("independent", "exact"),
         "data.format": ("auto", "bert", "lines", "files", "datasets"),
         "on_nan": ("stop", "skip"),
@@ -311,6 +322,68 @@ def _check_data(cfg: DictConfig) -> None:
         shown = ", ".join(str(a) for a in allowed if a is not None)
         _require(value in allowed, f"{key}={value!r} is not an option", f"use one of {shown}")
     _positive_int(cfg, "max_skipped_steps", minimum=0)
+
+
+def _check_tokenizer(cfg: DictConfig) -> None:
+    from bertpt.tokenizer import KINDS, ROLES, check_kind
+
+    kind = _get(cfg, "tokenizer.kind")
+    check_kind(kind, bool(_get(cfg, "tokenizer.lowercase")))
+    if _get(cfg, "tokenizer.path") is None and _get(cfg, "model.init_from") is None:
+        # the tokenizer this run trains: its <pad> is where the model puts padding
+        pad = next(i for i, t in enumerate(KINDS[kind].special_tokens) if t in ROLES["pad"])
+        model_pad = _get(cfg, "model.pad_token_id")
+        _require(
+            model_pad == pad,
+            f"model.pad_token_id={model_pad} but a {KINDS[kind].name} tokenizer "
+            f"(tokenizer.kind={kind}) pads with id {pad}",
+            f"set model.pad_token_id={pad}",
+        )
+
+
+def _model_type(cfg: DictConfig) -> tuple[str, str]:
+    """The model type the run trains and the setting it comes from: model.init_from's
+    config.json where there is one (the run takes that model whole), else model.model_type."""
+    init_from = _get(cfg, "model.init_from")
+    if init_from is not None:
+        import json
+
+        try:
+            config = json.loads((Path(init_from) / "config.json").read_text())
+            return str(config.get("model_type", "bert")), f"model.init_from {init_from}"
+        except (OSError, ValueError, AttributeError):
+            pass  # an unreadable config.json is reported when the model is loaded
+    return _get(cfg, "model.model_type") or "bert", "model.model_type"
+
+
+def _check_objective(cfg: DictConfig) -> None:
+    """Pairs train a next-sentence head that only BERT has; RoBERTa's packed sentences train
+    none, and a BERT's head would sit untrained (DDP refuses parameters without gradients)."""
+    own = _get(cfg, "model.model_type") or "bert"
+    _require(
+        own in MODEL_TYPES,
+        f"model.model_type={own!r} is not an option",
+        f"use one of {', '.join(MODEL_TYPES)}",
+    )
+    objective = _get(cfg, "data.objective")
+    model_type, source = _model_type(cfg)
+    if objective not in PAIR_OBJECTIVES + MLM_OBJECTIVES:
+        return  # not an option: said by _check_data
+    if objective in PAIR_OBJECTIVES:
+        _require(
+            model_type == "bert",
+            f"data.objective={objective} trains a next-sentence head, which {source} "
+            f"({model_type}) has none of",
+            "use data.objective=mlm (or doc-sentences) for RoBERTa, or a BERT model",
+        )
+    else:
+        _require(
+            model_type == "roberta",
+            f"data.objective={objective} trains the masked LM only, and {source} ({model_type}) "
+            "has a next-sentence head that would not train",
+            "use a RoBERTa model (+experiment=roberta_tiny, model=roberta_base) or "
+            "data.objective=nsp",
+        )
 
 
 def _check_paths(cfg: DictConfig, run_dir: Path | None) -> None:
@@ -371,8 +444,10 @@ def check_config(cfg: DictConfig, run_dir: Path | None) -> None:
     _check_unknown_keys(cfg)
     _check_run_length(cfg)
     _check_optim(cfg)
+    _check_objective(cfg)
     _check_model(cfg)
     _check_data(cfg)
+    _check_tokenizer(cfg)
     _check_paths(cfg, run_dir)
 
 

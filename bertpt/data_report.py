@@ -17,8 +17,10 @@ import numpy as np
 
 from bertpt.collator import MaskingCollator
 from bertpt.errors import UserError, exit_on_user_error
+from bertpt.packing import CROSS_DOCUMENTS, PackedSentences
 from bertpt.pairs import NSPPairDataset
 from bertpt.store import DocumentStore
+from bertpt.tokenizer import special_token_ids
 
 
 def _unk_count(store: DocumentStore, unk_id: int) -> int:
@@ -32,16 +34,15 @@ def _unk_count(store: DocumentStore, unk_id: int) -> int:
 
 def data_report(
     store: DocumentStore,
-    pair_dataset: NSPPairDataset,
+    pair_dataset: NSPPairDataset | PackedSentences,
     collator: MaskingCollator,
     batch_size: int,
     num_batches: int = 50,
     unk_id: int = 1,
     seed: int = 0,
 ) -> dict:
-    """Corpus, pair and masking statistics; masking is measured on ``num_batches`` random
-    batches of ``batch_size`` (as a shuffling sampler would draw them)."""
-    plan = pair_dataset.plan
+    """Corpus, pair (or packed sequence) and masking statistics; masking is measured on
+    ``num_batches`` random batches of ``batch_size`` (as a shuffling sampler would draw them)."""
     tokens = store.num_tokens
     report = {
         "documents": len(store),
@@ -50,13 +51,10 @@ def data_report(
         "unk_rate": _unk_count(store, unk_id) / max(tokens, 1),
         "max_seq_length": pair_dataset.max_seq_length,
         "objective": pair_dataset.objective,
-        "pairs_per_epoch": len(pair_dataset),
-        "random_pair_share": float(plan["label"].mean()) if plan else 0.0,
-        "truncation_rate": float(plan["truncated"].mean()) if plan else 0.0,
-        "mean_pair_length": float((plan["a_len"] + plan["b_len"] + 3).mean()) if plan else 0.0,
+        **pair_dataset.stats(),
         "batch_size": batch_size,
     }
-    if not plan:
+    if len(pair_dataset) == 0:
         return report
     rng = np.random.default_rng([seed, 0xDA7A])
     n = len(pair_dataset)
@@ -97,7 +95,7 @@ def check_data(report: dict) -> None:
         raise UserError(
             "the corpus yields no tokens — give a corpus with text, not only whitespace"
         )
-    if report["pairs_per_epoch"] == 0:
+    if report.get("pairs_per_epoch", report.get("sequences_per_epoch")) == 0:
         raise UserError(
             "no usable pair: every document holds fewer than two tokens — give longer documents"
         )
@@ -141,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-batches", type=int, default=50)
-    parser.add_argument("--objective", default="nsp", choices=["nsp", "sop"])
+    parser.add_argument("--objective", default="nsp", choices=["nsp", "sop", *CROSS_DOCUMENTS])
     parser.add_argument("--nsp-probability", type=float, default=0.5)
     parser.add_argument("--short-seq-prob", type=float, default=0.1)
     parser.add_argument("--mlm-probability", type=float, default=0.15)
@@ -151,19 +149,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     with exit_on_user_error():
-        ds = NSPPairDataset.from_files(
-            args.corpus if len(args.corpus) > 1 else args.corpus[0],
-            args.tokenizer,
-            max_seq_length=args.max_seq_length,
-            seed=args.seed,
-            cache_dir=args.cache_dir,
-            format=args.format,
-            text_column=args.text_column,
-            num_proc=args.num_proc,
-            short_seq_prob=args.short_seq_prob,
-            nsp_probability=args.nsp_probability,
-            objective=args.objective,
-        )
+        corpus = args.corpus if len(args.corpus) > 1 else args.corpus[0]
+        read = dict(format=args.format, text_column=args.text_column, num_proc=args.num_proc)
+        if args.objective in CROSS_DOCUMENTS:  # RoBERTa's packed sentences
+            ds = PackedSentences.from_files(
+                corpus, args.tokenizer, args.max_seq_length, args.cache_dir,
+                objective=args.objective, **read,
+            )  # fmt: skip
+        else:
+            ds = NSPPairDataset.from_files(
+                corpus, args.tokenizer, args.max_seq_length, args.seed, args.cache_dir,
+                short_seq_prob=args.short_seq_prob, nsp_probability=args.nsp_probability,
+                objective=args.objective, **read,
+            )  # fmt: skip
         collator = MaskingCollator(
             args.tokenizer,
             mlm_probability=args.mlm_probability,
@@ -171,20 +169,13 @@ def main(argv: list[str] | None = None) -> None:
             mask_mode=args.mask_mode,
             whole_word_mask=args.whole_word_mask,
         )
-        unk = _unk_id(args.tokenizer)
+        unk = special_token_ids(args.tokenizer)["unk"]
         report = data_report(ds.store, ds, collator, args.batch_size, args.num_batches, unk)
         if args.json:
             print(json.dumps(report, indent=2))
         else:
             print(format_report(report))
         check_data(report)
-
-
-def _unk_id(tokenizer: str) -> int:
-    from bertpt.collator import resolve_tokenizer
-
-    unk = resolve_tokenizer(tokenizer).token_to_id("[UNK]")
-    return 1 if unk is None else unk
 
 
 if __name__ == "__main__":

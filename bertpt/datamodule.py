@@ -24,17 +24,19 @@ from bertpt.corpus import build_default_corpus, check_corpus, corpus_fingerprint
 from bertpt.data_report import check_data, data_report
 from bertpt.errors import UserError
 from bertpt.hf import copy_tokenizer
+from bertpt.packing import CROSS_DOCUMENTS, PackedSentences
 from bertpt.pairs import NSPPairDataset
 from bertpt.store import DocumentStore, build_store
-from bertpt.tokenizer import load_tokenizer, tokenizer_hash, train_tokenizer
+from bertpt.tokenizer import load_tokenizer, special_token_ids, tokenizer_hash, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 class EpochPairs(Dataset):
-    """``pairs[(epoch, i)]``: pair ``i`` of ``epoch``, tagged with its epoch for the collator."""
+    """``pairs[(epoch, i)]``: pair (or packed sequence) ``i`` of ``epoch``, tagged with its epoch
+    for the collator."""
 
-    def __init__(self, pairs: NSPPairDataset) -> None:
+    def __init__(self, pairs: NSPPairDataset | PackedSentences) -> None:
         self.pairs = pairs
 
     def __len__(self) -> int:
@@ -126,7 +128,8 @@ class ResumableLoader(DataLoader):
 
 
 class PretrainDataModule(pl.LightningDataModule):
-    """Builds corpus, tokenizer and tokenized store once (rank 0) and serves NSP + MLM batches."""
+    """Builds corpus, tokenizer and tokenized store once (rank 0) and serves NSP + MLM batches,
+    or MLM-only batches of packed sentences (``data.objective`` mlm or doc-sentences)."""
 
     def __init__(
         self,
@@ -140,10 +143,11 @@ class PretrainDataModule(pl.LightningDataModule):
         super().__init__()
         self.data, self.tok_cfg, self.paths = dict(data), dict(tokenizer), dict(paths)
         self.seed, self.num_workers, self.pad_to_multiple_of = seed, num_workers, pad_to_multiple_of
-        self.train_pairs: NSPPairDataset | None = None
-        self.val_pairs: NSPPairDataset | None = None
+        self.train_pairs: NSPPairDataset | PackedSentences | None = None
+        self.val_pairs: NSPPairDataset | PackedSentences | None = None
         self.report: dict | None = None
         self.tokenizer_hash: str | None = None  # of the tokenizer the data uses (set in setup)
+        self.special_ids: dict[str, int] | None = None  # pad, unk, cls, sep, mask (setup)
 
     # --- locations (pure functions of the config, so every rank agrees) --------------------
 
@@ -158,7 +162,9 @@ class PretrainDataModule(pl.LightningDataModule):
             return Path(self.tok_cfg["path"])
         case = "uncased" if self.tok_cfg["lowercase"] else "cased"
         fp = corpus_fingerprint(self.corpus, self.data["format"], self.data["text_column"])
-        name = f"{fp}-v{self.tok_cfg['vocab_size']}-{case}-f{self.tok_cfg['min_frequency']}"
+        # WordPiece folders keep the names they had before there were other kinds
+        kind = "" if self.tok_cfg["kind"] == "wordpiece" else f"-{self.tok_cfg['kind']}"
+        name = f"{fp}{kind}-v{self.tok_cfg['vocab_size']}-{case}-f{self.tok_cfg['min_frequency']}"
         return Path(self.paths["data_dir"]) / "tokenizers" / name
 
     def _store(self, source) -> DocumentStore:
@@ -191,6 +197,7 @@ class PretrainDataModule(pl.LightningDataModule):
                 min_frequency=self.tok_cfg["min_frequency"],
                 format=self.data["format"],
                 text_column=self.data["text_column"],
+                kind=self.tok_cfg["kind"],
             )
         self._store(self.corpus)
         if self.data["val_corpus"] is not None:
@@ -223,15 +230,10 @@ class PretrainDataModule(pl.LightningDataModule):
             train_store, val_store = store, self._store(d["val_corpus"])
         else:
             train_store, val_store = store.split(d["val_fraction"], seed=self.seed)
-        pair_args = dict(
-            max_seq_length=d["max_seq_length"],
-            short_seq_prob=d["short_seq_prob"],
-            nsp_probability=d["nsp_probability"],
-            objective=d["objective"],
-        )
-        self.train_pairs = NSPPairDataset(train_store, seed=self.seed, **pair_args)
-        self.val_pairs = NSPPairDataset(val_store, seed=self.seed + 1, **pair_args)
         tokenizer = load_tokenizer(self.tokenizer_dir)
+        self.special_ids = special_token_ids(tokenizer)
+        self.train_pairs = self._sequences(train_store, self.seed)
+        self.val_pairs = self._sequences(val_store, self.seed + 1)
         mask_args = dict(
             mlm_probability=d["mlm_probability"],
             mask_mode=d["mask_mode"],
@@ -249,9 +251,25 @@ class PretrainDataModule(pl.LightningDataModule):
             self.train_collator,
             batch_size=self.per_device_batch_size(),
             num_batches=20,
-            unk_id=tokenizer.token_to_id("[UNK]"),
+            unk_id=self.special_ids["unk"],
         )
         check_data(self.report)
+
+    def _sequences(self, store: DocumentStore, seed: int) -> NSPPairDataset | PackedSentences:
+        """Next-sentence pairs, or RoBERTa's packed sentences (no pairs, no labels)."""
+        d, ids = self.data, self.special_ids
+        cls_sep = dict(cls_id=ids["cls"], sep_id=ids["sep"])
+        if d["objective"] in CROSS_DOCUMENTS:  # the same sequences every epoch: no seed
+            return PackedSentences(store, d["max_seq_length"], d["objective"], **cls_sep)
+        return NSPPairDataset(
+            store,
+            max_seq_length=d["max_seq_length"],
+            seed=seed,
+            short_seq_prob=d["short_seq_prob"],
+            nsp_probability=d["nsp_probability"],
+            objective=d["objective"],
+            **cls_sep,
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -265,7 +283,7 @@ class PretrainDataModule(pl.LightningDataModule):
 
     def _loader(
         self,
-        pairs: NSPPairDataset,
+        pairs: NSPPairDataset | PackedSentences,
         collate,
         shuffle: bool,
         passes: int = 1,

@@ -38,7 +38,7 @@ def non_embedding_params(config: BertConfig) -> int:
     """Parameters of BertForPreTraining outside ``bert.embeddings`` (the decoder is tied to it)."""
     H, I = config.hidden_size, config.intermediate_size  # noqa: E741
     layer = 4 * (H * H + H) + (H * I + I) + (I * H + H) + 2 * 2 * H  # Q K V O, FFN, 2 LayerNorms
-    pooler_and_nsp = (H * H + H) + (2 * H + 2)
+    pooler_and_nsp = (H * H + H) + (2 * H + 2) if config.nsp_head else 0  # RoBERTa: none
     mlm_head = (H * H + H) + 2 * H + config.vocab_size  # transform, its LayerNorm, decoder bias
     return config.num_hidden_layers * layer + pooler_and_nsp + mlm_head
 

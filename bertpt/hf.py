@@ -1,10 +1,15 @@
-"""Read and write Hugging Face BERT folders (`config.json` + weights + tokenizer files).
+"""Read and write Hugging Face BERT and RoBERTa folders (`config.json` + weights + tokenizer).
 
 Works on files only: `transformers` is never imported, so exporting needs no extra dependency.
 A folder may hold BertModel weights (keys without the `bert.` prefix), BertForMaskedLM weights
-(no pooler, no next-sentence head) or BertForPreTraining weights; heads that a folder lacks are
-freshly initialised. Checkpoints from older `transformers` and the original TF conversion
-(`LayerNorm.gamma/beta`, a saved `position_ids` buffer, no `decoder.bias`) load as well.
+(no pooler, no next-sentence head) or BertForPreTraining weights, or RobertaModel /
+RobertaForMaskedLM weights; heads that a folder lacks are freshly initialised. Checkpoints from
+older `transformers` and the original TF conversion (`LayerNorm.gamma/beta`, a saved
+`position_ids` buffer, no `decoder.bias`) load as well.
+
+bertpt's RoBERTa is its BERT with `model_type="roberta"`, under BERT's module names; the
+RoBERTa names (`roberta.*`, `lm_head.*`) exist only in the files, renamed here on the way in and
+out (:data:`ROBERTA_KEYS`).
 """
 
 from __future__ import annotations
@@ -35,11 +40,29 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
+    "vocab.json",  # byte-level BPE (RoBERTa): vocab.json + merges.txt
+    "merges.txt",
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
 # Parameters that a BertModel or BertForMaskedLM folder may lack; everything else must be there.
 HEAD_PREFIXES = ("bert.pooler.", "cls.")
+# What a folder may hold that a RoBERTa model has no use for: RobertaModel saves a pooler.
+UNUSED_HEADS = ("bert.pooler.", "cls.seq_relationship.")
+# bertpt's key prefix -> RoBERTa's, first match wins (HF modeling_roberta: the encoder is
+# `roberta`, the MLM head `lm_head` with dense -> gelu -> layer_norm -> decoder).
+ROBERTA_KEYS = {
+    "bert.": "roberta.",
+    "cls.predictions.transform.dense.": "lm_head.dense.",
+    "cls.predictions.transform.LayerNorm.": "lm_head.layer_norm.",
+    "cls.predictions.decoder.": "lm_head.decoder.",
+    "cls.predictions.bias": "lm_head.bias",
+}
+# What config.json says of each model type beyond BertConfig's fields.
+HF_TYPES = {
+    "bert": {"architectures": ["BertForPreTraining"]},
+    "roberta": {"architectures": ["RobertaForMaskedLM"], "bos_token_id": 0, "eos_token_id": 2},
+}
 # Stored once on disk, as HF does: the decoder weight is the word embedding matrix and the
 # decoder bias is `cls.predictions.bias` (safetensors refuses tensors that share memory).
 TIED = {
@@ -48,14 +71,20 @@ TIED = {
 }
 # bertpt's own record of an export (source, step, tokenizer hash); config.json stays HF's.
 EXPORT_INFO = "bertpt_export.json"
-HF_FIELDS = tuple(f.name for f in dataclasses.fields(BertConfig) if f.name not in SPEED_FIELDS)
+# BertConfig's fields that a HF config.json holds under the same name (model_type is written
+# and read on its own, speed settings not at all).
+HF_FIELDS = tuple(
+    f.name for f in dataclasses.fields(BertConfig) if f.name not in (*SPEED_FIELDS, "model_type")
+)
 
 
 def config_from_hf_dict(d: Mapping) -> BertConfig:
     """BertConfig from a HF `config.json` dict; keys bertpt has no use for are ignored."""
-    if d.get("model_type", "bert") != "bert":
+    model_type = d.get("model_type", "bert")
+    if model_type not in HF_TYPES:
         raise UserError(
-            f"model_type is {d['model_type']!r}, not 'bert' — bertpt loads BERT checkpoints only"
+            f"model_type is {model_type!r}, not {' or '.join(map(repr, HF_TYPES))} — bertpt "
+            "loads BERT and RoBERTa checkpoints only"
         )
     if d.get("position_embedding_type", "absolute") != "absolute":
         raise UserError(
@@ -67,19 +96,29 @@ def config_from_hf_dict(d: Mapping) -> BertConfig:
             "tie_word_embeddings is false — bertpt always ties the MLM decoder to the word "
             "embeddings, so it cannot load this model"
         )
-    return BertConfig(**{k: d[k] for k in HF_FIELDS if d.get(k) is not None})
+    fields = {k: d[k] for k in HF_FIELDS if d.get(k) is not None}
+    return BertConfig(**fields, model_type=model_type)
 
 
 def hf_config_dict(config: BertConfig) -> dict:
-    """The `config.json` of a HF `BertForPreTraining` with this shape."""
+    """The `config.json` of a HF `BertForPreTraining` or `RobertaForMaskedLM` of this shape."""
     d = {k: getattr(config, k) for k in HF_FIELDS}
     return {
-        "architectures": ["BertForPreTraining"],
-        "model_type": "bert",
+        **HF_TYPES[config.model_type],
+        "model_type": config.model_type,
         **d,
         "position_embedding_type": "absolute",
         "tie_word_embeddings": True,
     }
+
+
+def _rename(sd: Mapping[str, torch.Tensor], prefixes: Mapping[str, str]) -> dict:
+    """``sd`` with each key's first matching prefix of ``prefixes`` replaced by its value."""
+    out = {}
+    for k, v in sd.items():
+        old = next((p for p in prefixes if k.startswith(p)), None)
+        out[k if old is None else prefixes[old] + k[len(old) :]] = v
+    return out
 
 
 def _reason(e: BaseException) -> str:
@@ -155,7 +194,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def normalize_state_dict(sd: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """Map the key spellings of HF versions and model classes onto BertForPreTraining's."""
-    if not any(k.startswith(("bert.", "cls.")) for k in sd):  # a BertModel folder
+    sd = _rename(sd, {v: k for k, v in ROBERTA_KEYS.items()})  # a RoBERTa folder
+    if not any(k.startswith(("bert.", "cls.")) for k in sd):  # a BertModel / RobertaModel folder
         sd = {f"bert.{k}": v for k, v in sd.items()}
     out = {}
     for k, v in sd.items():
@@ -188,6 +228,10 @@ def load_into(
     """Copy `sd` into `model`; returns the head modules that kept their fresh initialisation."""
     sd = normalize_state_dict(sd, source)
     expected = model.state_dict()
+    unused = [k for k in sd if k not in expected and k.startswith(UNUSED_HEADS)]
+    if unused:
+        log.info("%s: %d weights of heads this model has none of are not used", source, len(unused))
+        sd = {k: v for k, v in sd.items() if k not in unused}
     unexpected = sorted(set(sd) - set(expected))
     if unexpected and not allow_unexpected:
         raise UserError(
@@ -227,11 +271,12 @@ def weights_file(folder: str | Path) -> Path:
 
 
 def from_hf(path: str | Path, allow_unexpected: bool = False) -> BertForPreTraining:
-    """A BertForPreTraining built from a HF folder (BertModel, BertForMaskedLM or pretraining)."""
+    """A BertForPreTraining built from a HF folder (BertModel, BertForMaskedLM or pretraining;
+    RobertaModel or RobertaForMaskedLM)."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise UserError(f"{config_file} not found — pass a Hugging Face BERT folder")
+        raise UserError(f"{config_file} not found — pass a Hugging Face BERT or RoBERTa folder")
     try:
         config = config_from_hf_dict(json.loads(config_file.read_text()))
     except (json.JSONDecodeError, TypeError, ValueError) as e:
@@ -280,7 +325,8 @@ def to_hf(
     info: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a folder that `transformers.BertForPreTraining.from_pretrained` loads unchanged.
+    """Write a folder that `transformers.BertForPreTraining.from_pretrained` (a RoBERTa model:
+    `RobertaForMaskedLM`) loads unchanged.
 
     ``bertpt_export.json`` beside it records ``info`` (source, step) and the sha256 of the
     copied ``tokenizer.json``. The folder is written beside ``out_dir`` and then swapped into
@@ -295,6 +341,8 @@ def to_hf(
         for k, v in model.state_dict().items()
         if k not in TIED  # HF re-ties them on load
     }
+    if model.config.model_type == "roberta":
+        sd = _rename(sd, ROBERTA_KEYS)
     with temp_dir_beside(out) as tmp:
         save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(model.config), indent=2) + "\n")

@@ -1,4 +1,5 @@
-"""BERT for pretraining (masked LM + next sentence prediction), in plain PyTorch.
+"""BERT for pretraining (masked LM + next sentence prediction), in plain PyTorch; with
+``model_type="roberta"`` the same encoder as RoBERTa (masked LM only).
 
 Module and parameter names follow Hugging Face `transformers` (`modeling_bert.py`) so that
 `BertForPreTraining.state_dict()` has exactly the keys of `transformers.BertForPreTraining` and a
@@ -28,6 +29,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 IGNORE_INDEX = -100  # label of a position that is not predicted (HF and PyTorch convention)
+MODEL_TYPES = ("bert", "roberta")  # HF's model_type of each variant of the one encoder
 # BertConfig fields that change only the speed: not written to a HF config.json.
 SPEED_FIELDS = ("gradient_checkpointing", "unpad")
 
@@ -109,6 +111,10 @@ class BertConfig:
     type_vocab_size: int = 2
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
+    # "roberta": RoBERTa is this encoder with positions numbered from pad_token_id + 1 (HF's
+    # create_position_ids_from_input_ids: 514 position embeddings for 512 tokens), no pooler and
+    # no next-sentence head. Module names stay BERT's; bertpt.hf renames the checkpoint keys.
+    model_type: str = "bert"
     pad_token_id: int = 0
     # Speed only, never the result; not part of a HF config.json (SPEED_FIELDS).
     # Recompute each layer's activations in backward (saves memory, costs ~1/3 more compute).
@@ -136,6 +142,8 @@ class BertConfig:
                 f"hidden_act ({self.hidden_act!r}) is not supported: "
                 f"use one of {sorted(ACTIVATIONS)}"
             )
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type ({self.model_type!r}) must be one of {MODEL_TYPES}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be in [0, 1)")
@@ -163,6 +171,16 @@ class BertConfig:
         if unknown:
             raise ValueError(f"unknown BertConfig keys {unknown}: valid keys are {sorted(known)}")
         return cls(**d)
+
+    @property
+    def position_offset(self) -> int:
+        """The position id of a sequence's first token: 0, or RoBERTa's pad_token_id + 1."""
+        return self.pad_token_id + 1 if self.model_type == "roberta" else 0
+
+    @property
+    def nsp_head(self) -> bool:
+        """Whether the model has BERT's pooler and next-sentence head (RoBERTa has neither)."""
+        return self.model_type == "bert"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -232,7 +250,13 @@ class BertEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(
             config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
         )
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        # RoBERTa's padding takes the position pad_token_id, a zero row that never trains (HF).
+        self.offset, self.pad_token_id = config.position_offset, config.pad_token_id
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings,
+            config.hidden_size,
+            padding_idx=config.pad_token_id if self.offset else None,
+        )
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         # CamelCase `LayerNorm` keeps the checkpoint keys of the original TF/HF BERT.
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -246,20 +270,25 @@ class BertEmbeddings(nn.Module):
     ) -> torch.Tensor:
         """(B, T) ids -> (B, T, H); with `packing`, the real tokens' rows only, (K, H)."""
         seq_len = input_ids.size(1)
-        if seq_len > self.position_embeddings.num_embeddings:
+        if seq_len + self.offset > self.position_embeddings.num_embeddings:
+            numbered = f", numbered from {self.offset}" if self.offset else ""
             raise ValueError(
                 f"sequence length ({seq_len}) exceeds max_position_embeddings "
-                f"({self.position_embeddings.num_embeddings}): shorten the sequences or use a "
-                "model with more position embeddings"
+                f"({self.position_embeddings.num_embeddings}{numbered}): shorten the sequences "
+                "or use a model with more position embeddings"
             )
-        if packing is None:
-            # Positions are 0..T-1 in every row: a slice of the table replaces a lookup.
-            positions = self.position_embeddings.weight[:seq_len]  # (T, H)
-        else:
+        if packing is not None:
             input_ids = packing.gather(input_ids)  # (K,)
             token_type_ids = None if token_type_ids is None else packing.gather(token_type_ids)
-            positions = self.position_embeddings(packing.tokens % seq_len)  # (K, H)
-        x = self.word_embeddings(input_ids) + positions
+            # A real token's column in its right-padded row is its position (RoBERTa's: + offset,
+            # HF's create_position_ids_from_input_ids).
+            positions = self.position_embeddings(packing.tokens % seq_len + self.offset)  # (K, H)
+        elif self.offset:  # RoBERTa: real tokens at pad+1, pad+2, ..., padding at pad (as HF)
+            real = input_ids != self.pad_token_id  # (B, T)
+            positions = self.position_embeddings(torch.cumsum(real, 1) * real + self.pad_token_id)
+        else:  # 0..T-1 in every row: a slice of the table replaces an index lookup
+            positions = self.position_embeddings.weight[:seq_len]  # (T, H)
+        x = self.word_embeddings(input_ids) + positions  # (B, T, H) or (K, H)
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:
@@ -458,7 +487,7 @@ class BertPreTrainingHeads(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.predictions = BertLMPredictionHead(config)
-        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2) if config.nsp_head else None
 
     def forward(
         self, sequence_output: torch.Tensor, pooled_output: torch.Tensor
@@ -471,7 +500,7 @@ class BertModel(nn.Module):
         super().__init__()
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
-        self.pooler = BertPooler(config)
+        self.pooler = BertPooler(config) if config.nsp_head else None
 
         self.unpad = config.unpad
 
@@ -486,16 +515,16 @@ class BertModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         keep: torch.Tensor | None = None,
         packing: Packing | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (sequence_output (B, T, H), pooled_output (B, H)).
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (sequence_output (B, T, H), pooled_output (B, H), None without a pooler).
 
         `attention_mask` (B, T) is 1 for real tokens and 0 for padding (right-padded). Padded
         keys are hidden from every query. On the padded path padded query rows are computed (as
         in HF) and unused; on the unpadded path (`packing`, or config.unpad) they are not
         computed and come back as zeros. `keep` (R,): the rows that the last layer computes
-        (all pretraining needs), every [CLS] row first: flat indices into B * T (0, T, 2T, ...)
-        on the padded path, into the packed tokens (packing.offsets[:-1], ...) on the unpadded
-        one; sequence_output is then (R, H).
+        (all pretraining needs), every [CLS] row first where there is a pooler: flat indices
+        into B * T (0, T, 2T, ...) on the padded path, into the packed tokens
+        (packing.offsets[:-1], ...) on the unpadded one; sequence_output is then (R, H).
         """
         B = len(input_ids)
         if packing is None and attention_mask is not None and self.packs(attention_mask.device):
@@ -504,12 +533,16 @@ class BertModel(nn.Module):
             mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
             sequence_output = self.encoder(self.embeddings(input_ids, token_type_ids), mask, keep)
             cls_states = sequence_output[:, 0] if keep is None else sequence_output[:B]
-            return sequence_output, self.pooler(cls_states)
+            return sequence_output, self._pool(cls_states)
         packed = self.encoder(self.embeddings(input_ids, token_type_ids, packing), packing, keep)
         if keep is not None:
-            return packed, self.pooler(packed[:B])
+            return packed, self._pool(packed[:B])
         cls_states = packed[packing.offsets[:-1]]
-        return packing.scatter(packed, B), self.pooler(cls_states)
+        return packing.scatter(packed, B), self._pool(cls_states)
+
+    def _pool(self, cls_states: torch.Tensor) -> torch.Tensor | None:
+        """(B, H) [CLS] rows -> (B, H); None for a model without a pooler (RoBERTa)."""
+        return None if self.pooler is None else self.pooler(cls_states)
 
 
 class BertPreTrainingOutput:
@@ -528,7 +561,7 @@ class BertPreTrainingOutput:
         loss: torch.Tensor | None,  # mlm_loss + nsp_loss, over those whose labels were given
         mlm_loss: torch.Tensor | None,
         nsp_loss: torch.Tensor | None,
-        seq_relationship_logits: torch.Tensor,  # (B, 2)
+        seq_relationship_logits: torch.Tensor | None,  # (B, 2); None without an NSP head
         prediction_logits: torch.Tensor | Callable[[], torch.Tensor],
         mlm_predictions: torch.Tensor | None = None,  # (N,) argmax ids, with labels
         mlm_labels: torch.Tensor | None = None,  # (N,) their labels: labels[labels != -100]
@@ -603,18 +636,21 @@ class BertForPreTraining(nn.Module):
             else:
                 predicted, cls_rows = packing.predicted, packing.offsets[:-1]
                 targets = packing.gather(labels)[predicted]
+            cls_rows = cls_rows if self.config.nsp_head else cls_rows[:0]  # no pooler: none
             keep = torch.cat((cls_rows, predicted))
         sequence_output, pooled_output = self.bert(
             input_ids, token_type_ids, attention_mask, keep, packing
         )
-        seq_relationship_logits = self.cls.seq_relationship(pooled_output)  # (B, 2)
+        seq_relationship_logits = None
+        if pooled_output is not None:
+            seq_relationship_logits = self.cls.seq_relationship(pooled_output)  # (B, 2)
 
         head = self.cls.predictions
         mlm_predictions = None
         if labels is None:
             prediction_logits = head(sequence_output)  # (B, T, V)
         else:
-            hidden = head.transform(sequence_output[B:])  # (N, H)
+            hidden = head.transform(sequence_output[len(cls_rows) :])  # (N, H)
             if targets.numel():
                 weight, ws = head.decoder.weight, self._workspace(targets.numel(), hidden)
                 want_grad = torch.is_grad_enabled() and (
@@ -638,6 +674,8 @@ class BertForPreTraining(nn.Module):
                     return head.decoder(hidden)
 
         if next_sentence_label is not None:
+            if seq_relationship_logits is None:
+                raise ValueError("next_sentence_label given, but the model has no NSP head")
             nsp_loss = F.cross_entropy(
                 seq_relationship_logits.float(), next_sentence_label.view(-1)
             )

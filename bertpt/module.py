@@ -48,7 +48,8 @@ def warmup_linear_decay(warmup_steps: int, max_steps: int):
 
 
 class BertPretrainModule(pl.LightningModule):
-    """MLM + NSP pretraining of ``BertForPreTraining`` (held as ``self.model``)."""
+    """MLM + NSP pretraining of ``BertForPreTraining`` (held as ``self.model``); MLM only for a
+    model without a next-sentence head (RoBERTa), which logs no NSP metrics."""
 
     def __init__(
         self,
@@ -103,6 +104,15 @@ class BertPretrainModule(pl.LightningModule):
             cfg.update(asdict(self.model.config))
         else:
             self.model = BertForPreTraining(BertConfig(**cfg))
+        ids = getattr(datamodule, "special_ids", None)  # of the run's tokenizer (setup)
+        pad = ids["pad"] if ids else None
+        if pad is not None and pad != self.model.config.pad_token_id:
+            source = f"model.init_from {init_from}" if init_from else "model.pad_token_id"
+            raise UserError(
+                f"{source} pads with id {self.model.config.pad_token_id} but the tokenizer's "
+                f"padding token has id {pad} — use the tokenizer the model was trained with, or "
+                f"set model.pad_token_id={pad}"
+            )
         if self.hparams.compile:
             # In place, layer by layer: state_dict keys stay those of transformers.
             for layer in self.model.bert.encoder.layer:
@@ -255,12 +265,13 @@ class BertPretrainModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.model(**batch)
         n_masked, n_seq = out.mlm_labels.numel(), len(batch["labels"])
+        nsp_loss, nsp_correct = _nsp_loss_correct(batch, out)
         self._val_sums += torch.stack(
             [
                 out.mlm_loss.double() * n_masked,
                 (out.mlm_predictions == out.mlm_labels).sum().double(),
-                out.nsp_loss.double() * n_seq,
-                _nsp_correct(batch, out).double(),
+                nsp_loss.double() * n_seq,
+                nsp_correct.double(),
             ]
         )
         self._val_counts[0] += n_masked
@@ -275,10 +286,11 @@ class BertPretrainModule(pl.LightningModule):
         metrics = {
             "val/mlm_loss": mlm_loss,
             "val/mlm_acc": mlm_correct / max(n_masked, 1),
-            "val/nsp_loss": nsp_x_n / max(n_seq, 1),
-            "val/nsp_acc": nsp_correct / max(n_seq, 1),
             "val/perplexity": math.exp(min(mlm_loss, 50.0)),
         }
+        if self.model.config.nsp_head:  # RoBERTa has none: no NSP metrics
+            metrics["val/nsp_loss"] = nsp_x_n / max(n_seq, 1)
+            metrics["val/nsp_acc"] = nsp_correct / max(n_seq, 1)
         for name, value in metrics.items():
             # Already summed over the ranks: the same value everywhere, whose mean is itself.
             self.log(name, value, prog_bar=name == "val/mlm_acc", sync_dist=True)
@@ -352,8 +364,13 @@ class BertPretrainModule(pl.LightningModule):
         self._rng_to_restore = None
 
 
-def _nsp_correct(batch: dict[str, torch.Tensor], out) -> torch.Tensor:
-    return (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
+def _nsp_loss_correct(batch: dict[str, torch.Tensor], out) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's NSP loss and correct count; zeros for a model without the head (RoBERTa)."""
+    if out.nsp_loss is None:
+        zero = out.mlm_loss.detach().new_zeros(())
+        return zero, zero
+    correct = (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
+    return out.nsp_loss, correct
 
 
 class _Window:
@@ -370,6 +387,7 @@ class _Window:
         # the first step whose loss was not finite (-1: none) and that loss
         self.first_bad = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=device)
         self.steps = self.sequences = self.masked = self.norms = 0
+        self.nsp = False  # whether the steps had a next-sentence loss
         self.started = time.perf_counter()
         self.data_wait = 0.0
         self._batch_end: float | None = None
@@ -382,12 +400,14 @@ class _Window:
         self._batch_end = time.perf_counter()
 
     def add(self, batch: dict[str, torch.Tensor], out, step: int) -> None:
+        nsp_loss, nsp_correct = _nsp_loss_correct(batch, out)
+        self.nsp = out.nsp_loss is not None
         values = (
             out.loss,
             out.mlm_loss,
-            out.nsp_loss,
+            nsp_loss,
             (out.mlm_predictions == out.mlm_labels).sum(),
-            _nsp_correct(batch, out),
+            nsp_correct,
         )
         tokens = batch["attention_mask"].sum()
         self.sums[:5] += torch.stack([v.detach().double() for v in values])
@@ -412,12 +432,15 @@ class _Window:
         sums = dict(zip(self.NAMES, values[: len(self.NAMES)], strict=True))
         bad = values[len(self.NAMES) :]
         seconds = time.perf_counter() - self.started
+        nsp = {  # none for a model without the head (RoBERTa)
+            "train/nsp_loss": sums["nsp_loss"] / self.steps,
+            "train/nsp_acc": sums["nsp_correct"] / self.sequences,
+        }
         return {
             "train/loss": sums["loss"] / self.steps,
             "train/mlm_loss": sums["mlm_loss"] / self.steps,
-            "train/nsp_loss": sums["nsp_loss"] / self.steps,
             "train/mlm_acc": sums["mlm_correct"] / max(self.masked, 1),
-            "train/nsp_acc": sums["nsp_correct"] / self.sequences,
+            **(nsp if self.nsp else {}),
             **({"train/grad_norm": sums["grad_norm"] / self.norms} if self.norms else {}),
             "train/seq_per_s": self.sequences / seconds,
             "train/tok_per_s": sums["tokens"] / seconds,

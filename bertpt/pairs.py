@@ -29,13 +29,12 @@ truncated one token at a time from a random end) with these differences:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from bertpt.errors import UserError
-from bertpt.store import DocumentStore, build_store
+from bertpt.store import DocumentStore, store_for
 
 _PLAN_TAG = 0x9A125  # domain-separates the planner's random stream from other users of the seed
 
@@ -219,24 +218,13 @@ class NSPPairDataset(Dataset):
     ) -> NSPPairDataset:
         """Tokenize (and cache) ``files`` with ``tokenizer`` (a folder, tokenizer.json or a
         loaded ``tokenizers.Tokenizer`` / fast ``transformers`` tokenizer) and pair them."""
-        from bertpt.collator import resolve_tokenizer
+        from bertpt.tokenizer import special_token_ids
 
-        cache = Path(cache_dir or os.environ.get("BERTPT_CACHE", "~/.cache/bertpt")).expanduser()
-        tok = resolve_tokenizer(tokenizer)
-        if isinstance(tokenizer, str | os.PathLike):
-            tok_path = Path(tokenizer)
-        else:  # a loaded tokenizer: the store key needs its file, so write it (content-named)
-            import hashlib
-
-            text = tok.to_str()
-            tok_path = cache / f"tokenizer-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
-            cache.mkdir(parents=True, exist_ok=True)
-            if not tok_path.exists():
-                tok_path.write_text(text, encoding="utf-8")
-        store = build_store(
-            files, tok_path, cache, format=format, text_column=text_column, num_proc=num_proc
+        store = store_for(
+            files, tokenizer, cache_dir, format=format, text_column=text_column, num_proc=num_proc
         )
-        ids = {"cls_id": tok.token_to_id("[CLS]"), "sep_id": tok.token_to_id("[SEP]")}
+        roles = special_token_ids(tokenizer)
+        ids = {"cls_id": roles["cls"], "sep_id": roles["sep"]}
         return cls(store, max_seq_length, seed, **{**ids, **kwargs})
 
     # --- epochs and plans ---------------------------------------------------------------------
@@ -284,6 +272,17 @@ class NSPPairDataset(Dataset):
             "b": (b_lo, b_lo + int(q["b_len"][i])),
             "label": int(q["label"][i]),
             "truncated": bool(q["truncated"][i]),
+        }
+
+    def stats(self) -> dict:
+        """Pairs per epoch, share of random-next pairs, truncation and length, for the data
+        report."""
+        q = self.plan
+        return {
+            "pairs_per_epoch": len(self),
+            "random_pair_share": float(q["label"].mean()) if q else 0.0,
+            "truncation_rate": float(q["truncated"].mean()) if q else 0.0,
+            "mean_pair_length": float((q["a_len"] + q["b_len"] + 3).mean()) if q else 0.0,
         }
 
     def __getitem__(self, i: int) -> dict:

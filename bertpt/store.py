@@ -30,7 +30,7 @@ import pyarrow as pa
 from bertpt.atomic import remove_stale_temps, temp_dir_beside
 from bertpt.corpus import corpus_fingerprint, read_documents
 from bertpt.errors import UserError
-from bertpt.tokenizer import tokenizer_hash, tokenizer_json
+from bertpt.tokenizer import resolve_tokenizer, tokenizer_hash, tokenizer_json
 
 log = logging.getLogger(__name__)
 
@@ -331,3 +331,29 @@ def build_store(
         )
     log.info("document store built: %s (%d documents)", target, len(store))
     return store
+
+
+def store_for(
+    files,
+    tokenizer,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    format: str = "auto",
+    text_column: str = "text",
+    num_proc: int = 1,
+) -> DocumentStore:
+    """:func:`build_store` with ``tokenizer`` as a folder, a tokenizer.json, or a loaded
+    ``tokenizers.Tokenizer`` / fast ``transformers`` tokenizer; ``cache_dir`` defaults to
+    ``$BERTPT_CACHE`` or ``~/.cache/bertpt``."""
+    cache = Path(cache_dir or os.environ.get("BERTPT_CACHE", "~/.cache/bertpt")).expanduser()
+    if isinstance(tokenizer, str | os.PathLike):
+        tok_path = Path(tokenizer)
+    else:  # a loaded tokenizer: the store key needs its file, so write it (content-named)
+        text = resolve_tokenizer(tokenizer).to_str()
+        tok_path = cache / f"tokenizer-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+        cache.mkdir(parents=True, exist_ok=True)
+        if not tok_path.exists():
+            tok_path.write_text(text, encoding="utf-8")
+    return build_store(
+        files, tok_path, cache, format=format, text_column=text_column, num_proc=num_proc
+    )

@@ -1,17 +1,21 @@
-"""Train and load BERT's WordPiece tokenizer with Hugging Face ``tokenizers``.
+"""Train and load tokenizers with Hugging Face ``tokenizers``: BERT's WordPiece (the default) or
+RoBERTa's byte-level BPE (``kind="bpe"``, :mod:`bertpt.bpe`).
 
 The folder written by :func:`train_tokenizer` holds ``tokenizer.json`` (the fast tokenizer, with
 BERT's normalizer, pre-tokenizer, ``[CLS] A [SEP] B [SEP]`` template and WordPiece decoder),
 ``vocab.txt`` (one token a line, line number = id) and the two config files that make
 ``transformers.BertTokenizerFast.from_pretrained(dir)`` and ``AutoTokenizer`` load it with the
-right special tokens and casing. ``bertpt_tokenizer.json`` records how it was trained, so training
-again with the same corpus and settings reuses it and different ones are refused.
+right special tokens and casing; a BPE folder holds ``vocab.json`` and ``merges.txt`` instead of
+``vocab.txt`` and loads as a ``RobertaTokenizerFast``. ``bertpt_tokenizer.json`` records how it
+was trained, so training again with the same corpus and settings reuses it and different ones are
+refused.
 
-The vocabulary comes from :mod:`bertpt.wordpiece`, not the ``tokenizers`` trainer, whose ties
-fall differently in every process: the same corpus, settings and package versions give the same
-files, byte for byte, on any machine.
+The WordPiece vocabulary comes from :mod:`bertpt.wordpiece`, not the ``tokenizers`` trainer,
+whose ties fall differently in every process: the same corpus, settings and package versions give
+the same files, byte for byte, on any machine (the BPE trainer is deterministic as it is).
 
     python -m bertpt.tokenizer data/corpus.txt --out data/tokenizer --vocab-size 30522
+    python -m bertpt.tokenizer data/corpus.txt --out data/bpe --vocab-size 50265 --kind bpe
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from bertpt import bpe
 from bertpt.corpus import Source, check_corpus, corpus_fingerprint, read_documents
 from bertpt.errors import UserError, exit_on_user_error
 from bertpt.wordpiece import count_words, train_vocab
@@ -37,6 +43,15 @@ log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+# A special token's role and its names in BERT's and RoBERTa's vocabularies: a loaded tokenizer
+# (bertpt's or a Hugging Face folder's) is read by these.
+ROLES = {
+    "pad": ("[PAD]", "<pad>"),
+    "unk": ("[UNK]", "<unk>"),
+    "cls": ("[CLS]", "<s>"),
+    "sep": ("[SEP]", "</s>"),
+    "mask": ("[MASK]", "<mask>"),
+}
 # Below this share of the asked vocabulary the corpus is too small for the tokenizer it asks for.
 MIN_VOCAB_SHARE = 0.8
 META_FILE = "bertpt_tokenizer.json"
@@ -73,6 +88,31 @@ def _add_template(tok: Tokenizer) -> None:
     )
 
 
+def resolve_tokenizer(tokenizer) -> Tokenizer:
+    """A ``tokenizers.Tokenizer`` from a folder, a tokenizer.json path, a fast ``transformers``
+    tokenizer or a ``tokenizers.Tokenizer`` itself."""
+    if isinstance(tokenizer, str | os.PathLike):
+        return load_tokenizer(tokenizer)
+    return getattr(tokenizer, "backend_tokenizer", tokenizer)
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """The ids of the roles in :data:`ROLES` (``pad``, ``unk``, ``cls``, ``sep``, ``mask``) in a
+    BERT or RoBERTa tokenizer (any form :func:`resolve_tokenizer` takes); a UserError naming the
+    first role it lacks."""
+    tok = resolve_tokenizer(tokenizer)
+    ids = {}
+    for role, names in ROLES.items():
+        found = [i for i in map(tok.token_to_id, names) if i is not None]
+        if not found:
+            raise UserError(
+                f"the tokenizer has no {role} token ({' or '.join(names)}) — use a BERT "
+                "(WordPiece) or RoBERTa (byte-level BPE) tokenizer"
+            )
+        ids[role] = found[0]
+    return ids
+
+
 def _hf_configs(lowercase: bool, model_max_length: int) -> dict[str, dict]:
     special = {
         "pad_token": "[PAD]",
@@ -93,16 +133,68 @@ def _hf_configs(lowercase: bool, model_max_length: int) -> dict[str, dict]:
     return {"tokenizer_config.json": config, "special_tokens_map.json": special}
 
 
+def _wordpiece_files(tok: Tokenizer, lowercase: bool, model_max_length: int) -> dict[str, str]:
+    """vocab.txt and the transformers config files of a WordPiece tokenizer."""
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    files = {"vocab.txt": "".join(t + "\n" for t, _ in vocab)}
+    for name, content in _hf_configs(lowercase, model_max_length).items():
+        files[name] = json.dumps(content, indent=2) + "\n"
+    return files
+
+
+def _train_wordpiece(
+    sentences: Iterable[str],
+    vocab_size: int,
+    lowercase: bool,
+    min_frequency: int,
+    limit_alphabet: int,
+    show_progress: bool,
+) -> Tokenizer:
+    tok = build_tokenizer(lowercase)
+    words = count_words(sentences, tok.normalizer, tok.pre_tokenizer, show_progress)
+    vocab = train_vocab(
+        words, vocab_size, min_frequency, limit_alphabet, SPECIAL_TOKENS, "##", show_progress
+    )
+    _set_vocab(tok, vocab)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    _add_template(tok)
+    return tok
+
+
+def _train_bpe(sentences, vocab_size, lowercase, min_frequency, limit_alphabet, show_progress):
+    return bpe.train_bpe(sentences, vocab_size, min_frequency, show_progress)  # always cased
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What differs between the tokenizer kinds: names, special tokens, training, files."""
+
+    name: str
+    special_tokens: list[str]  # in id order (a BPE tokenizer's <mask> is its last token)
+    # (sentences, vocab_size, lowercase, min_frequency, limit_alphabet, show_progress)
+    train: Callable[..., Tokenizer]
+    files: Callable[[Tokenizer, bool, int], dict[str, str]]  # (tok, lowercase, max length)
+
+
+KINDS = {
+    "wordpiece": Kind("WordPiece", SPECIAL_TOKENS, _train_wordpiece, _wordpiece_files),
+    "bpe": Kind(
+        "byte-level BPE",
+        bpe.SPECIAL_TOKENS,
+        _train_bpe,
+        lambda tok, lowercase, model_max_length: bpe.bpe_files(tok, model_max_length),
+    ),
+}
+
+
 def save_tokenizer(
-    tok: Tokenizer, out_dir: Path, lowercase: bool, model_max_length: int = 512
+    tok: Tokenizer, out_dir: Path, lowercase: bool, model_max_length: int = 512, kind="wordpiece"
 ) -> None:
-    """Write tokenizer.json, vocab.txt and the transformers config files into ``out_dir``."""
+    """Write tokenizer.json and the files transformers reads beside it into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_dir / "tokenizer.json"))
-    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    (out_dir / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
-    for name, content in _hf_configs(lowercase, model_max_length).items():
-        (out_dir / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    for name, content in KINDS[kind].files(tok, lowercase, model_max_length).items():
+        (out_dir / name).write_text(content, encoding="utf-8")
 
 
 def corpus_sentences(
@@ -130,17 +222,21 @@ def train_tokenizer(
     text_column: str = "text",
     overwrite: bool = False,
     show_progress: bool = True,
+    kind: str = "wordpiece",
 ) -> Path:
-    """Train a WordPiece tokenizer on a corpus and save it in ``out_dir``; return ``out_dir``.
+    """Train a tokenizer of ``kind`` (``wordpiece`` or ``bpe``) on a corpus and save it in
+    ``out_dir``; return ``out_dir``.
 
     The corpus is streamed (any format of :mod:`bertpt.corpus`). A folder that already holds the
     tokenizer of the same corpus and settings is reused; one holding another tokenizer is an error
     unless ``overwrite``. A vocabulary far smaller than ``vocab_size`` (a tiny corpus) is an error.
     """
     out = Path(out_dir)
-    if vocab_size <= len(SPECIAL_TOKENS):
+    check_kind(kind, lowercase)
+    specials = KINDS[kind].special_tokens
+    if vocab_size <= len(specials):
         raise UserError(
-            f"vocab_size ({vocab_size}) does not exceed the {len(SPECIAL_TOKENS)} special tokens "
+            f"vocab_size ({vocab_size}) does not exceed the {len(specials)} special tokens "
             "— ask for more"
         )
     check_corpus(files, format, text_column)
@@ -151,6 +247,8 @@ def train_tokenizer(
         "min_frequency": min_frequency,
         "limit_alphabet": limit_alphabet,
     }
+    if kind != "wordpiece":  # WordPiece folders trained before kinds existed stay reusable
+        meta["kind"] = kind
     if (out / "tokenizer.json").exists() and not overwrite:
         old = _saved_meta(out)
         if old == meta:
@@ -161,30 +259,21 @@ def train_tokenizer(
             " — pass overwrite=True (--overwrite) or choose another folder"
         )
 
-    tok = build_tokenizer(lowercase)
-    words = count_words(
-        corpus_sentences(files, format, text_column),
-        tok.normalizer,
-        tok.pre_tokenizer,
-        show_progress,
+    sentences = corpus_sentences(files, format, text_column)
+    tok = KINDS[kind].train(
+        sentences, vocab_size, lowercase, min_frequency, limit_alphabet, show_progress
     )
-    vocab = train_vocab(
-        words, vocab_size, min_frequency, limit_alphabet, SPECIAL_TOKENS, "##", show_progress
-    )
-    _set_vocab(tok, vocab)
     got = tok.get_vocab_size()
     if got < MIN_VOCAB_SHARE * vocab_size:
         raise UserError(
             f"the corpus yields a vocabulary of only {got} tokens, far fewer than vocab_size "
             f"({vocab_size}) — use a larger corpus or ask for vocab_size <= {got}"
         )
-    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
-    _add_template(tok)
 
     # Write beside the target and swap in, so a crash never leaves half a tokenizer behind.
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    save_tokenizer(tok, tmp, lowercase)
+    save_tokenizer(tok, tmp, lowercase, kind=kind)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     tmp.chmod(0o755)  # mkdtemp makes it private; a shared folder is read by other users
     if overwrite:
@@ -202,8 +291,22 @@ def train_tokenizer(
             ) from None
         log.info("tokenizer in %s was trained by another process meanwhile: reusing it", out)
         return out
-    log.info("trained a %d-token WordPiece tokenizer in %s", got, out)
+    log.info("trained a %d-token %s tokenizer in %s", got, KINDS[kind].name, out)
     return out
+
+
+def check_kind(kind: str, lowercase: bool) -> None:
+    """A UserError for a tokenizer kind bertpt cannot train, or a lowercased BPE."""
+    if kind not in KINDS:
+        raise UserError(
+            f"tokenizer.kind={kind!r} is not a tokenizer kind — use one of {', '.join(KINDS)}"
+        )
+    if kind == "bpe" and lowercase:
+        raise UserError(
+            "tokenizer.lowercase=true with tokenizer.kind=bpe: byte-level BPE keeps case, as "
+            "RoBERTa's does (transformers' RobertaTokenizer has no lowercasing step) — set "
+            "tokenizer.lowercase=false"
+        )
 
 
 def tokenizer_json(path: str | os.PathLike) -> Path:
@@ -265,14 +368,20 @@ def check_tokenizer_hash(folder: str | os.PathLike, expected: str, fix: str, all
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bertpt.tokenizer",
-        description="Train a BERT WordPiece tokenizer on a corpus (any bertpt corpus format).",
+        description="Train a BERT WordPiece or RoBERTa byte-level BPE tokenizer on a corpus (any "
+        "bertpt corpus format).",
     )
     parser.add_argument("corpus", nargs="+", help="text file(s), folder(s) or a datasets name")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--kind", default="wordpiece", choices=list(KINDS), help="wordpiece (BERT) or bpe (RoBERTa)"
+    )
     parser.add_argument("--vocab-size", type=int, default=30522)
-    parser.add_argument("--cased", action="store_true", help="keep case and accents")
+    parser.add_argument(
+        "--cased", action="store_true", help="keep case and accents (WordPiece; BPE always does)"
+    )
     parser.add_argument("--min-frequency", type=int, default=2)
-    parser.add_argument("--limit-alphabet", type=int, default=1000)
+    parser.add_argument("--limit-alphabet", type=int, default=1000, help="WordPiece only")
     parser.add_argument(
         "--format", default="auto", choices=["auto", "bert", "lines", "files", "datasets"]
     )
@@ -285,12 +394,13 @@ def main(argv: list[str] | None = None) -> None:
             args.corpus if len(args.corpus) > 1 else args.corpus[0],
             args.out,
             vocab_size=args.vocab_size,
-            lowercase=not args.cased,
+            lowercase=not args.cased and args.kind == "wordpiece",
             min_frequency=args.min_frequency,
             limit_alphabet=args.limit_alphabet,
             format=args.format,
             text_column=args.text_column,
             overwrite=args.overwrite,
+            kind=args.kind,
         )
     print(f"tokenizer: {out} ({load_tokenizer(out).get_vocab_size()} tokens)")
 

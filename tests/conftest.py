@@ -37,3 +37,14 @@ def data_dir(default_corpus, tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     shutil.copy(default_corpus, d / "corpus.txt")
     return d
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer_dir(default_corpus, tmp_path_factory):
+    """A 1,000-token byte-level BPE (RoBERTa) tokenizer trained on the default corpus."""
+    from bertpt.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("bpe") / "tokenizer"
+    return train_tokenizer(
+        default_corpus, out, vocab_size=1000, lowercase=False, kind="bpe", show_progress=False
+    )

@@ -42,6 +42,19 @@ MISTAKES = [
     ("betas not a pair", ["optim.betas=0.9"], "optim.betas=0.9"),
     ("precision unknown", ["trainer.precision=8-mixed"], "trainer.precision='8-mixed'"),
     ("vocabulary too large", ["tokenizer.vocab_size=1000000"], "vocab_size (1000000)"),
+    ("unknown tokenizer kind", ["tokenizer.kind=unigram"], "tokenizer.kind='unigram'"),
+    ("lowercased BPE", ["tokenizer.kind=bpe"], "set tokenizer.lowercase=false"),
+    (
+        "BPE under a BERT's padding",
+        ["tokenizer.kind=bpe", "tokenizer.lowercase=false"],
+        "set model.pad_token_id=1",
+    ),
+    ("MLM only on a BERT", ["data.objective=mlm"], "data.objective=mlm"),
+    (
+        "pairs on a RoBERTa",
+        ["model=roberta_tiny", "tokenizer.kind=bpe", "tokenizer.lowercase=false"],
+        "data.objective=nsp",
+    ),
 ]
 
 FILES = {

@@ -174,8 +174,8 @@ def test_config_from_hf_dict():
     d = hf_config().to_dict()
     config = config_from_hf_dict(d)
     assert config == BertConfig(**KW)
-    with pytest.raises(ValueError, match="model_type is 'roberta'"):
-        config_from_hf_dict(d | {"model_type": "roberta"})
+    with pytest.raises(ValueError, match="model_type is 'distilbert'"):
+        config_from_hf_dict(d | {"model_type": "distilbert"})
     with pytest.raises(ValueError, match="position_embedding_type 'relative_key'"):
         config_from_hf_dict(d | {"position_embedding_type": "relative_key"})
 

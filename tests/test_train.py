@@ -13,6 +13,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import OmegaConf
 from runs import ROOT, free_port, losses_by_step, make_cfg, read_metrics, run_cli
 
+from bertpt.config_check import check_config, per_device_batch_size
 from bertpt.errors import UserError
 from bertpt.train import train
 
@@ -34,6 +35,32 @@ def test_every_experiment_composes(tmp_path, experiment):
         assert cfg.optim.max_steps == 1_000_000
     if experiment == "base_phase2":
         assert cfg.data.max_seq_length == 512
+    if experiment.startswith("roberta"):
+        check_config(cfg, None)  # what the command checks first: the recipe's pieces agree
+        assert (cfg.model.model_type, cfg.model.pad_token_id, cfg.model.type_vocab_size) == (
+            "roberta",
+            1,
+            1,
+        )
+        assert (cfg.tokenizer.kind, cfg.tokenizer.lowercase, cfg.data.objective) == (
+            "bpe",
+            False,
+            "mlm",
+        )
+        assert (*cfg.optim.betas, cfg.optim.eps, cfg.optim.weight_decay) == (0.9, 0.98, 1e-6, 0.01)
+    if experiment == "roberta_base":
+        assert cfg.model.num_hidden_layers == 12 and cfg.model.hidden_size == 768
+        assert (cfg.model.max_position_embeddings, cfg.data.max_seq_length) == (514, 512)
+        assert (cfg.tokenizer.vocab_size, cfg.optim.lr, cfg.optim.warmup_steps) == (
+            50265,
+            6e-4,
+            24000,
+        )
+        assert cfg.optim.max_steps == 500_000 and cfg.trainer.precision == "bf16-mixed"
+        assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == -1
+        # 8192 sequences a step: 32 per GPU on 8 GPUs, accumulated 32 times
+        batch, accumulate = cfg.data.global_batch_size, cfg.trainer.accumulate_grad_batches
+        assert batch == 8192 and per_device_batch_size(batch, 8, accumulate) == 32
 
 
 def test_command_line_group_beats_experiment(tmp_path):
