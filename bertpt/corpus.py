@@ -335,7 +335,7 @@ _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "_
 _CODE_LINE = re.compile(r"^\s*(>>>|\.\.\.|\$ |[-=~*]{3,}\s*$|:\w+:)")
 
 
-def _prose_paragraphs(doc: str) -> Iterator[str]:
+def prose_paragraphs(doc: str) -> Iterator[str]:
     """Paragraphs of a docstring that read as prose: no doctests, code blocks, tables or rules."""
     for para in re.split(r"\n\s*\n", doc):
         lines = para.split("\n")
@@ -349,15 +349,23 @@ def _prose_paragraphs(doc: str) -> Iterator[str]:
             yield text
 
 
-def _docstrings(path: Path) -> Iterator[str]:
+def named_docstrings(path: Path) -> Iterator[tuple[str, str]]:
+    """(qualified name in the file, docstring) of a Python file's module ("" names it), classes
+    and functions, in the default corpus's order; nothing for a file that does not parse."""
     try:
         tree = ast.parse(path.read_bytes(), filename=str(path))
     except (SyntaxError, ValueError):
         return
+    names: dict[ast.AST, str] = {tree: ""}
+    for node in ast.walk(tree):  # breadth first: a node is named before its children
+        for child in ast.iter_child_nodes(node):
+            named = isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            prefix = names[node]
+            names[child] = (f"{prefix}.{child.name}" if prefix else child.name) if named else prefix
     nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef))]
     for node in nodes:
         if doc := ast.get_docstring(node, clean=True):
-            yield doc
+            yield names[node], doc
 
 
 def stdlib_files() -> list[Path]:
@@ -377,7 +385,7 @@ def _topic_documents() -> Iterator[list[str]]:
     except ImportError:  # some distributions strip it
         return
     for name in sorted(topics):
-        paragraphs = _prose_paragraphs(topics[name].replace("*", "").replace("=", ""))
+        paragraphs = prose_paragraphs(topics[name].replace("*", "").replace("=", ""))
         if len(doc := [s for p in paragraphs for s in split_sentences(p)]) >= 2:
             yield doc
 
@@ -387,7 +395,10 @@ def default_documents() -> Iterator[list[str]]:
     order, so consecutive sentences belong together) and one per pydoc reference topic."""
     for path in tqdm(stdlib_files(), desc="default corpus", unit="file", mininterval=1.0):
         doc = [
-            s for d in _docstrings(path) for p in _prose_paragraphs(d) for s in split_sentences(p)
+            s
+            for _, d in named_docstrings(path)
+            for p in prose_paragraphs(d)
+            for s in split_sentences(p)
         ]
         if len(doc) >= 2:
             yield doc

@@ -1,7 +1,7 @@
 """LightningModule: losses, metrics, optimizer and schedule around ``bertpt.model``.
 
-The model itself knows nothing of Lightning; this module owns what training adds: AdamW with
-BERT's decay exclusions, warmup + linear decay, metrics, the NaN guard and the random state kept
+The model itself knows nothing of Lightning; this module owns what training adds: the optimizer
+and schedule (BERT's recipe, ``bertpt.optim``), metrics, the NaN guard and the random state kept
 in checkpoints (so a resumed run continues the uninterrupted one exactly).
 
 A training step never waits for the GPU: metrics are summed on the device and read once every
@@ -29,22 +29,9 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 from bertpt.data_report import format_report
 from bertpt.errors import UserError
 from bertpt.model import SPEED_FIELDS, BertConfig, BertForPreTraining, Packing
+from bertpt.optim import param_groups, warmup_linear_decay
 
 log = logging.getLogger(__name__)
-
-# Parameters that BERT excludes from weight decay (Google's optimization.py: "LayerNorm", "bias").
-NO_DECAY = ("bias", "LayerNorm.weight")
-
-
-def warmup_linear_decay(warmup_steps: int, max_steps: int):
-    """Learning-rate multiplier: 0 -> 1 over warmup_steps, then 1 -> 0 linearly at max_steps."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
-
-    return factor
 
 
 class BertPretrainModule(pl.LightningModule):
@@ -299,17 +286,10 @@ class BertPretrainModule(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if name.endswith(NO_DECAY) else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": o["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        groups = param_groups(self.model.named_parameters(), o["weight_decay"])
         # The fused kernel (one pass over all tensors) where the parameters' device has one.
         fused = self.hparams.fused_optimizer and all(
-            p.device.type in ("cpu", "cuda") for p in decay + no_decay
+            p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]
         )
         optimizer = torch.optim.AdamW(
             groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], fused=fused

@@ -7,6 +7,7 @@ the config first and imports this only when the config is good.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from bertpt import run_folder
+from bertpt import report, run_folder
 from bertpt.checkpoint import AtomicCheckpointIO
 from bertpt.config_check import checkpoint_path
 from bertpt.console import quiet_dependencies
@@ -151,24 +152,36 @@ def _fit(
     for lg in trainer.loggers:
         lg.log_hyperparams(run_config)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path if resume else None)
+    start = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path if resume else None)
+    except Exception:
+        if trainer.is_global_zero:
+            report.after_failure(output_dir)
+        raise
+    wall_time_s = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     # Every rank takes part: under FSDP this gathers the full weights from the shards (to rank 0).
     weights = trainer.strategy.lightning_module_state_dict() if cfg.export_hf else None
 
     if not trainer.is_global_zero:
         return metrics
-    metrics_msg = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k)
     ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-    print(f"\nbertpt: done. {metrics_msg}")
-    if module.skipped_steps:
-        steps = ", ".join(map(str, module.skipped_steps))
-        print(f"bertpt: skipped steps:       {len(module.skipped_steps)} ({steps}), on_nan=skip")
-    print(f"bertpt: checkpoint:          {ckpt or '(none)'}")
+    hf_dir = None
     if cfg.export_hf:
         model = model_from_module_state(weights, module.hparams.model_config, "the trained model")
         info = {"source": str(output_dir.resolve()), "global_step": trainer.global_step}
         tokenizer = datamodule.own_tokenizer_dir
         hf_dir = to_hf(model, output_dir / "hf", tokenizer_dir=tokenizer, info=info)
-        print(f"bertpt: Hugging Face export: {hf_dir}")
+    facts = report.RunFacts(
+        config=run_config,
+        model_config=dict(module.hparams.model_config),
+        steps=trainer.global_step,
+        wall_time_s=wall_time_s,
+        checkpoint=ckpt,
+        export_dir=hf_dir,
+        data_report=getattr(datamodule, "report", None),
+        skipped_steps=list(module.skipped_steps),
+    )
+    print("\n" + report.finish_run(output_dir, facts), flush=True)
     return metrics

@@ -15,7 +15,6 @@ import argparse
 import atexit
 import csv
 import logging
-import math
 import os
 import sys
 from collections import Counter
@@ -31,6 +30,7 @@ from omegaconf import DictConfig
 
 from bertpt.atomic import temp_beside
 from bertpt.errors import UserError, exit_on_user_error
+from bertpt.history import final_and_best, metric_series, read_overrides, read_yaml
 from bertpt.run_folder import METRICS as METRICS_CSV
 
 log = logging.getLogger(__name__)
@@ -58,39 +58,9 @@ class JobSummary:
     note: str = ""
 
 
-def _best(name: str, values: list[str]) -> str:
-    """Max for accuracies, min for losses and perplexity; a NaN is never the best."""
-    numbers = [v for v in values if not math.isnan(float(v))] or values
-    pick = max if name.endswith("acc") else min
-    return pick(numbers, key=float)
-
-
-def read_val_metrics(metrics_csv: Path) -> dict[str, tuple[str, str]]:
-    """(final, best) of each of METRICS in a CSVLogger file, as the strings it holds."""
-    values: dict[str, list[str]] = {}
-    with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            for name in METRICS:
-                # A row holds the metrics of one logging step; the other columns are empty.
-                if row.get(name):
-                    values.setdefault(name, []).append(row[name])
-    return {name: (vals[-1], _best(name, vals)) for name, vals in values.items()}
-
-
-def _load_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
-
-
-def read_overrides(job_dir: Path) -> dict[str, str]:
-    """``key: value`` of the job's command-line overrides; ``+key`` and ``++key`` as ``key``."""
-    overrides = _load_yaml(job_dir / ".hydra" / "overrides.yaml") or []
-    pairs = (o.partition("=") for o in overrides)
-    return {key.lstrip("+~"): value for key, _, value in pairs}
-
-
 def _loggers(job_dir: Path) -> list[str]:
     """Class names of the loggers in the job's config (``logger`` group)."""
-    cfg = _load_yaml(job_dir / ".hydra" / "config.yaml") or {}
+    cfg = read_yaml(job_dir / ".hydra" / "config.yaml") or {}
     group = cfg.get("logger") or {}
     targets = (c.get("_target_", "") for c in group.values() if isinstance(c, dict))
     return [t.rsplit(".", 1)[-1] for t in targets if t]
@@ -115,8 +85,7 @@ def _recorded_status(job_dir: Path) -> tuple[str, str] | None:
 
 def summarise_job(job_dir: Path, unrecorded: str = "unknown") -> JobSummary:
     """A job's row; ``unrecorded`` is the status of a job whose end was never recorded."""
-    metrics_csv = job_dir / METRICS_CSV
-    metrics = read_val_metrics(metrics_csv) if metrics_csv.is_file() else {}
+    metrics = final_and_best(metric_series(job_dir), METRICS)
     recorded = _recorded_status(job_dir)
     status, note = recorded or (unrecorded, NO_RECORD[unrecorded])
     if status != "failed" and not metrics:
@@ -141,7 +110,7 @@ def summarise(sweep_dir: Path, unrecorded: str = "unknown") -> list[JobSummary]:
 
 def _sweeper_params(job: JobSummary) -> set[str]:
     """Keys a sweeper searched (``hydra.sweeper.params``, e.g. Optuna's), from the job's config."""
-    hydra_cfg = _load_yaml(job.folder / ".hydra" / "hydra.yaml") or {}
+    hydra_cfg = read_yaml(job.folder / ".hydra" / "hydra.yaml") or {}
     params = ((hydra_cfg.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
     return {key.lstrip("+~") for key in params}
 

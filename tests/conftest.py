@@ -48,3 +48,21 @@ def bpe_tokenizer_dir(default_corpus, tmp_path_factory):
     return train_tokenizer(
         default_corpus, out, vocab_size=1000, lowercase=False, kind="bpe", show_progress=False
     )
+
+
+@pytest.fixture(scope="session")
+def finished_run(data_dir, tmp_path_factory):
+    """A real tiny run of 40 steps by the real command, whose end wrote its plots, report.md and
+    Hugging Face export: (run folder, console output). Shared by the plot, report and probe
+    tests."""
+    from runs import run_cli
+
+    tmp = tmp_path_factory.mktemp("finished")
+    run = tmp / "run"
+    args = [
+        "+experiment=tiny", "+debug=fast", "optim.max_steps=40", "data.global_batch_size=16",
+        "trainer.val_check_interval=10", "callbacks.model_checkpoint.every_n_train_steps=40",
+        "logger=csv", f"paths.data_dir={data_dir}", f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    proc = run_cli(args, cwd=tmp)
+    return run, proc.stdout
