@@ -28,7 +28,7 @@ endif
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
-.PHONY: help install data tokenizer train train-base sweep export bench gpu-check test test-fast lint format clean
+.PHONY: help install data tokenizer train train-base sweep export plot probe bench gpu-check test test-fast lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -43,8 +43,13 @@ data: $(CORPUS) ## build the offline default corpus (stdlib docstrings) in data/
 tokenizer: $(STAMP) data ## train the WordPiece tokenizer on the corpus into data/tokenizer
 	$(PY) -m bertpt.tokenizer $(CORPUS) --out $(TOKENIZER) --vocab-size $(VOCAB_SIZE)
 
-train: $(STAMP) ## pretrain a small BERT on the default corpus (CPU, minutes)
-	$(PY) -m bertpt.train +experiment=$(EXPERIMENT)
+# `make train`'s run folder, named once per make call (:=), so the probe finds the run it follows.
+TRAIN_RUN := outputs/train/runs/$(shell date +%Y-%m-%d_%H-%M-%S)
+
+train: $(STAMP) ## pretrain a small BERT on the default corpus (CPU, minutes), then probe it
+	$(PY) -m bertpt.train +experiment=$(EXPERIMENT) hydra.run.dir=$(TRAIN_RUN)
+	$(PY) -m bertpt.probe $(TRAIN_RUN)/hf
+	@echo "plots: $(TRAIN_RUN)/plots/overview.png (and one file per panel); report: $(TRAIN_RUN)/report.md"
 
 train-base: $(STAMP) ## BERT-base phase 1 (seq 128) on every visible GPU
 	$(PY) -m bertpt.train +experiment=base
@@ -54,6 +59,12 @@ sweep: $(STAMP) ## a small learning-rate sweep (Hydra multirun)
 
 export: $(STAMP) ## export a run to Hugging Face format: make export RUN=outputs/... OUT=hf_model
 	$(PY) -m bertpt.export $(RUN) $(OUT)
+
+plot: $(STAMP) ## plot a run, or overlay several: make plot RUN="outputs/... [outputs/...]" [OUT=file.png]
+	$(PY) -m bertpt.plot $(RUN) $(if $(OUT),--out $(OUT))
+
+probe: $(STAMP) ## fine-tune an export on a task vs random init: make probe MODEL=outputs/.../hf [TASK=...]
+	$(PY) -m bertpt.probe $(MODEL) $(if $(TASK),--task $(TASK))
 
 bench: $(STAMP) ## benchmarks: bertpt vs transformers training steps, then the data pipeline
 	$(PY) -m bertpt.bench
