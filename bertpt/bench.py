@@ -40,7 +40,7 @@ from bertpt.run_folder import METRICS
 PRESETS = Path(__file__).resolve().parent.parent / "conf" / "model"
 # Default (warm-up, timed) steps per preset: enough for a stable median, few enough for a run
 # of minutes on a laptop CPU (a BERT-base step there takes ~10 s).
-DEFAULT_STEPS = {"tiny": (3, 15), "mini": (3, 8), "small": (2, 5), "medium": (2, 4)}
+DEFAULT_STEPS = {"tiny": (3, 25), "mini": (3, 12), "small": (2, 5), "medium": (2, 4)}
 BIG_MODEL_STEPS = (1, 3)
 GPU_STEPS = (3, 10)  # (warm-up, timed) blocks on a GPU
 GPU_BLOCK = 5  # steps per timed block on a GPU
@@ -190,6 +190,12 @@ class Row:
     seq_per_s: float
     mfu: float | None
     first_step_s: float  # warm-up included compilation: reported once
+    seconds: list[float]  # per timed round; the rounds of all variants alternate
+
+    def speedup(self, other: Row) -> float:
+        """How many times faster than `other`: the median of the per-round ratios, so that a
+        round slowed by other work on the machine weighs on both sides alike."""
+        return statistics.median(o / s for s, o in zip(self.seconds, other.seconds, strict=True))
 
 
 def bench_case(
@@ -233,25 +239,26 @@ def bench_case(
         sps = runner.seqs_per_s(batch_size)
         util = mfu(sps, config, seq_len, masked, peak) if peak else None
         precision = "bf16" if bf16 else "fp32"
+        first_s = first[variant, bf16]
         rows.append(
-            Row(name, seq_len, batch_size, variant, precision, sps, util, first[variant, bf16])
+            Row(name, seq_len, batch_size, variant, precision, sps, util, first_s, runner.seconds)
         )
     return rows
 
 
 def print_rows(rows: list[Row], steps_note: str) -> None:
     """One line per variant; the ratio is to transformers eager at the same precision (on a
-    CPU, bertpt under bf16 against HF at its best of fp32 and bf16)."""
+    CPU, bertpt under bf16 against HF at its best of fp32 and bf16), per round (Row.speedup)."""
     header = ("model", "seq", "batch", "variant", "prec", "seq/s", "tok/s", "MFU", "vs HF", "1st s")
     print("{:<6} {:>4} {:>5} {:<25} {:<4} {:>8} {:>9} {:>6} {:>6} {:>6}".format(*header))
     for r in rows:
         hf = [
-            h.seq_per_s
+            h
             for h in rows
             if h.variant == "hf" and (h.model, h.seq_len) == (r.model, r.seq_len)
             and (h.precision == r.precision or r.precision == "bf16")
         ]  # fmt: skip
-        ratio = f"{r.seq_per_s / max(hf):.2f}x" if hf else "-"
+        ratio = f"{r.speedup(max(hf, key=lambda h: h.seq_per_s)):.2f}x" if hf else "-"
         util = f"{r.mfu:.1%}" if r.mfu is not None else "-"
         print(
             f"{r.model:<6} {r.seq_len:>4} {r.batch_size:>5} {r.variant:<25} {r.precision:<4} "
@@ -428,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"torch {torch.__version__}, {where}; tokens/s counts padded positions; median step "
-        "time; MFU on a GPU (FLOPs formula below)"
+        "time; vs HF: median of the per-round ratios; MFU on a GPU (FLOPs formula below)"
     )
     if args.bf16 and kind == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         print("warning: this CPU has no native bf16 (AVX512-BF16/AMX): bf16 runs emulated, slowly")

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
-from bertpt.bench import Runner, load_preset, make_batch
+from bertpt.bench import Row, Runner, load_preset, make_batch
 from bertpt.model import BertConfig, BertForPreTraining
 
 
 def test_presets_load_from_conf():
     assert load_preset("mini").hidden_size == 256
+
+
+def test_speedup_pairs_the_rounds_so_a_slow_spell_of_the_machine_hits_both_sides():
+    def row(seconds):
+        return Row("tiny", 128, 32, "v", "fp32", 32 / seconds[1], None, 0.0, seconds)
+
+    # bertpt is 3x faster in all rounds but one; the machine slowed down from round 3 on.
+    bertpt, hf = row([1.0, 1.0, 1.0, 2.0, 2.0]), row([3.0, 3.0, 6.0, 6.0, 6.0])
+    assert bertpt.speedup(hf) == 3.0
+    # Medians taken apart would say 6x (6 s against 1 s).
+    assert statistics.median(hf.seconds) / statistics.median(bertpt.seconds) == 6.0
 
 
 def test_batch_is_masked_padded_and_typed_like_the_collator():
