@@ -15,6 +15,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
+from bertpt.module import logs_this_step
+
 # (message regex, why it says nothing to a bertpt user)
 IGNORED_WARNINGS = (
     # Lightning's own code calls a torch helper that torch has deprecated.
@@ -113,7 +115,7 @@ class RunProgressBar(TQDMProgressBar):
             self.train_progress_bar.n = step
             # Metrics are read where Lightning logs them: reading them at other steps would make
             # the host wait for the GPU (bertpt.module sums them on the device in between).
-            if trainer._logger_connector.should_update_logs:
+            if logs_this_step(trainer):
                 self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
             else:
                 self.train_progress_bar.refresh()

@@ -34,6 +34,13 @@ from bertpt.optim import param_groups, warmup_linear_decay
 log = logging.getLogger(__name__)
 
 
+def logs_this_step(trainer: pl.Trainer) -> bool:
+    """Whether Lightning writes logged metrics at the current step (every
+    `log_every_n_steps`). bertpt reads device metrics only then, so the host never waits for
+    the GPU between log steps. The one place that reads Lightning's private flag for it."""
+    return trainer._logger_connector.should_update_logs
+
+
 class BertPretrainModule(pl.LightningModule):
     """MLM + NSP pretraining of ``BertForPreTraining`` (held as ``self.model``); MLM only for a
     model without a next-sentence head (RoBERTa), which logs no NSP metrics."""
@@ -106,15 +113,6 @@ class BertPretrainModule(pl.LightningModule):
                 layer.compile()
 
     def on_fit_start(self) -> None:
-        if (
-            self.hparams.compile
-            and self.model.bert.packs(self.device)
-            and self.device.type != "cuda"
-        ):
-            raise UserError(
-                "model.unpad=true with trainer.compile=true needs a GPU (the CPU's unpadded "
-                "attention does not compile) — set model.unpad=auto or trainer.compile=false"
-            )
         report = getattr(self.trainer.datamodule, "report", None)
         if report and self.trainer.is_global_zero:
             log.info("data:\n%s", format_report(report))
@@ -164,7 +162,7 @@ class BertPretrainModule(pl.LightningModule):
         # Lightning writes logged metrics at these steps only: read the sums then, once (and
         # at the last step, for the metrics a run returns).
         last = self.global_step + 1 >= self.trainer.max_steps > 0
-        if self.trainer._logger_connector.should_update_logs or last:
+        if logs_this_step(self.trainer) or last:
             self._log_window()
 
     def _log_window(self) -> None:

@@ -346,6 +346,23 @@ def test_fsdp_config_wraps_each_layer_and_falls_back_on_cpu(tmp_path, caplog):
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
+def test_gpu_config_on_a_cpu_turns_compile_off(tmp_path, caplog):
+    """trainer=gpu compiles on a GPU; on a CPU it runs eager (inductor on a CPU costs minutes
+    for nothing), while a CPU config that asks for trainer.compile keeps it."""
+    from bertpt.pretrain import build_trainer
+
+    gpu = make_cfg(tmp_path, tmp_path, "trainer=gpu", "logger=csv")
+    assert gpu.trainer.compile is True
+    cpu = make_cfg(tmp_path, tmp_path, "trainer.compile=true", "logger=csv")
+    if torch.cuda.is_available():
+        return
+    with caplog.at_level("WARNING", logger="bertpt.train"):
+        trainer, speed = build_trainer(gpu)
+    assert "not compiled" in caplog.text and speed["compile"] is False
+    assert trainer.accelerator.__class__.__name__ == "CPUAccelerator"
+    assert build_trainer(cpu)[1]["compile"] is True
+
+
 def test_validation_set_is_the_same_at_every_epoch(tmp_path, data_dir):
     """Lightning sets the epoch of validation samplers too; pairs and masks must not follow it."""
     from lightning.fabric.utilities.data import _set_sampler_epoch
