@@ -301,6 +301,24 @@ class BertEmbeddings(nn.Module):
 Attention = torch.Tensor | Packing | None
 
 
+@torch.compiler.disable
+def _jagged_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float) -> torch.Tensor:
+    """(3, K, nh, hs) packed queries, keys and values -> (K, nh * hs): SDPA over jagged nested
+    tensors, FlashAttention's variable-length kernel on a GPU.
+
+    Always eager, also in compiled layers (trainer.compile): torch.compile's support for nested
+    tensors has open bugs on this very pattern (compiled SDPA on jagged tensors fails in backward,
+    pytorch#155421, and under DDP, pytorch#152068), while eager jagged SDPA is the supported path.
+    The kernel is already fused, so compiling it gains nothing; the projections, dropout, bias,
+    GELU and LayerNorms around it stay compiled.
+    """
+    q, k, v = map(packing.nested, qkv.unbind(0))  # each (B, nh, j, hs)
+    y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # (B, nh, j, hs)
+    y = y.transpose(1, 2).values().flatten(1)  # (K, nh, hs) -> (K, H)
+    torch._dynamo.maybe_mark_dynamic(y, 0)  # the rest of the compiled layer takes K symbolic
+    return y
+
+
 class BertSelfAttention(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -322,11 +340,9 @@ class BertSelfAttention(nn.Module):
         dropout_p = self.dropout_p if self.training else 0.0
         if isinstance(attention, Packing):
             K, H = hidden_states.shape
-            # A jagged tensor's values must be contiguous for SDPA: (3, K, nh, hs) split in three.
+            # A jagged tensor's values must be contiguous for SDPA: (3, K, nh, hs), split there.
             qkv = qkv.view(K, 3, self.num_heads, self.head_size).transpose(0, 1).contiguous()
-            q, k, v = map(attention.nested, qkv.unbind(0))  # each (B, nh, j, hs)
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # (B, nh, j, hs)
-            return y.transpose(1, 2).values().reshape(K, H)
+            return _jagged_attention(qkv, attention, dropout_p)
         B, T, H = hidden_states.shape
         q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4).unbind(0)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention, dropout_p=dropout_p)
@@ -424,22 +440,21 @@ class BertEncoder(nn.Module):
         those rows, (R, H)."""
         # The token count (packed), sequence length (padded) and kept rows vary from batch to
         # batch: compiled layers (trainer.compile) take them as symbolic sizes, not recompiling.
-        if isinstance(attention, Packing):
-            torch._dynamo.maybe_mark_dynamic(hidden_states, 0)
-        else:
-            torch._dynamo.maybe_mark_dynamic(hidden_states, 1)
-            if attention is not None:
-                torch._dynamo.maybe_mark_dynamic(attention, 3)
+        # Each layer's input is marked: it is the previous layer's output.
+        packed = isinstance(attention, Packing)
+        if attention is not None and not packed:
+            torch._dynamo.maybe_mark_dynamic(attention, 3)
         if keep is not None:
             torch._dynamo.maybe_mark_dynamic(keep, 0)
         for i, layer in enumerate(self.layer):
+            torch._dynamo.maybe_mark_dynamic(hidden_states, 0 if packed else 1)
             args = (hidden_states, attention, keep if i == len(self.layer) - 1 else None)
             if self.gradient_checkpointing and self.training:
                 # Non-reentrant checkpointing replays dropout with the saved RNG state, so the
                 # gradients equal those of the plain forward.
                 # The recompute check reads each saved tensor's shape, which torch's nested
                 # tensors (unpadded path) do not have: the check is off there.
-                check = "none" if isinstance(attention, Packing) else "default"
+                check = "none" if packed else "default"
                 hidden_states = checkpoint(
                     layer, *args, use_reentrant=False, determinism_check=check
                 )
