@@ -244,6 +244,31 @@ class Packing:
         return nt.transpose(1, 2)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout, with the mask drawn 4x faster on a CPU.
+
+    torch draws a CPU dropout mask one element at a time from its Mersenne Twister: ~17 ns per
+    element, a fifth of a small model's training step on a CPU. Here 64 random bits give four
+    elements 16 bits each, and an element is kept when its 16 bits are at or above p's threshold,
+    so p is rounded to a multiple of 1/65536 (0.1 -> 0.099991). Same global generator, so seeds,
+    exact resume and checkpointing's replay hold as they do for nn.Dropout. GPUs and compiled code
+    use F.dropout, which is fast there.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        if not self.training or p == 0.0:
+            return x
+        if x.device.type != "cpu" or torch.compiler.is_compiling() or p >= 1.0:
+            return F.dropout(x, p, True)
+        dropped = round(p * 65536)  # of the 65536 values of 16 bits
+        n = x.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+        bits = words.view(torch.int16)[:n].view(x.shape)
+        mask = (bits >= dropped - 32768).to(x.dtype).mul_(65536 / (65536 - dropped))
+        return x * mask
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -260,7 +285,7 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         # CamelCase `LayerNorm` keeps the checkpoint keys of the original TF/HF BERT.
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(
         self,
@@ -328,6 +353,7 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
+        self.dropout = Dropout(self.dropout_p)  # a CPU's training step (see forward)
 
     def forward(self, hidden_states: torch.Tensor, attention: Attention = None) -> torch.Tensor:
         """(B, T, H) with a (B, 1, 1, T) bool mask, True where a key may be attended to (or
@@ -345,7 +371,15 @@ class BertSelfAttention(nn.Module):
             return _jagged_attention(qkv, attention, dropout_p)
         B, T, H = hidden_states.shape
         q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention, dropout_p=dropout_p)
+        if dropout_p and q.device.type == "cpu" and not torch.compiler.is_compiling():
+            # SDPA trains on a CPU with its math path, the same steps as these, but draws the
+            # dropout mask element by element: bertpt's Dropout draws it 4x faster.
+            scores = (q * self.head_size**-0.5) @ k.transpose(-2, -1)  # (B, nh, T, T)
+            if attention is not None:
+                scores = scores.masked_fill(~attention, float("-inf"))
+            y = self.dropout(scores.softmax(-1)) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention, dropout_p=dropout_p)
         return y.transpose(1, 2).reshape(B, T, H)  # from (B, nh, T, hs)
 
 
@@ -360,7 +394,7 @@ class _DenseAddNorm(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.model import BertConfig, BertForPreTraining, Dropout
 
 transformers = pytest.importorskip("transformers")
 
@@ -130,6 +130,53 @@ def test_training_mode_uses_dropout_and_eval_is_deterministic():
     assert not torch.equal(a, b)
     model.eval()
     assert torch.equal(model(**batch).loss, model(**batch).loss)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_cpu_dropout_drops_a_share_p_and_keeps_the_mean(p):
+    """bertpt's Dropout (a faster mask on a CPU): the share of zeros is p (to a 1/65536 step),
+    the kept values are scaled so that the mean is kept, the gradient is the same mask, the
+    same seed gives the same mask, and in eval mode it is the identity."""
+    drop = Dropout(p).train()
+    x = torch.full((1000, 1000), 2.0, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    zeros = (y == 0).float().mean().item()
+    assert zeros == pytest.approx(p, abs=5 * (p * (1 - p) / x.numel()) ** 0.5 + 1 / 65536)
+    kept = y[y != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 2 / (1 - round(p * 65536) / 65536)))
+    assert y.mean().item() == pytest.approx(2.0, rel=0.01)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach() / 2)
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)
+    assert not torch.equal(drop(x), y)  # a new draw
+    columns = (y == 0).float().mean(0)  # no pattern across the 4 elements of one 64-bit draw
+    assert columns.reshape(-1, 4).mean(0).sub(p).abs().max() < 0.01
+    assert drop.eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+
+
+def test_cpu_attention_with_dropout_is_sdpa_with_its_mask():
+    """On a CPU, training attention with dropout runs its own math (to use the faster mask):
+    with that mask keeping everything, it equals SDPA's output with padding masked."""
+    config = small_config(num_hidden_layers=2, hidden_size=16, num_attention_heads=4)
+    torch.manual_seed(0)
+    sdpa = BertForPreTraining(
+        dataclasses.replace(config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ).train()
+    own = BertForPreTraining(dataclasses.replace(config, hidden_dropout_prob=0.0)).train()
+    own.load_state_dict(sdpa.state_dict())
+    for layer in own.bert.encoder.layer:
+        assert layer.attention.self.dropout_p == 0.1
+        layer.attention.self.dropout.eval()  # the own path, dropping nothing
+    batch = make_batch(config, lengths=[13, 9, 5, 13])
+    a, b = sdpa(**batch), own(**batch)
+    torch.testing.assert_close(b.loss, a.loss, **TOL)
+    a.loss.backward()
+    b.loss.backward()
+    for (name, p), q in zip(sdpa.named_parameters(), own.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, **TOL, msg=name)
 
 
 @pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
