@@ -202,6 +202,7 @@ class Packing:
     tokens: torch.Tensor  # (K,) flat indices of the real tokens in B * T, row-major
     offsets: torch.Tensor  # (B + 1,) where each sequence starts in the K tokens; its [CLS] row
     max_len: int  # T: a bound on the sequence lengths that needs no sync and rarely changes
+    min_len: int  # the shortest sequence, counted on the host: SDPA's kernel choice reads it
     predicted: torch.Tensor | None = None  # (N,) rows of the K tokens with a label, row-major
 
     @classmethod
@@ -209,13 +210,14 @@ class Packing:
         T = attention_mask.shape[1]
         real = attention_mask.flatten().bool()  # (B*T,)
         tokens = real.nonzero().squeeze(1)
-        offsets = F.pad(attention_mask.bool().sum(1).cumsum(0), (1, 0))
+        lengths = attention_mask.bool().sum(1)
+        offsets = F.pad(lengths.cumsum(0), (1, 0))
         predicted = None
         if labels is not None:
             predicted = (labels.flatten()[tokens] != IGNORE_INDEX).nonzero().squeeze(1)
             if len(predicted) != int((labels != IGNORE_INDEX).sum()):
                 raise ValueError("labels at padded positions: a padded token cannot be predicted")
-        return cls(tokens, offsets, T, predicted)
+        return cls(tokens, offsets, T, int(lengths.min()), predicted)
 
     def to(self, device: torch.device | str, non_blocking: bool | None = None) -> Packing:
         """A copy on `device` (Lightning moves a batch's objects with a `to` method, without
@@ -223,11 +225,15 @@ class Packing:
         if non_blocking is None:
             non_blocking = torch.device(device).type != "cpu"
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return Packing(move(self.tokens), move(self.offsets), self.max_len, move(self.predicted))
+        return Packing(
+            move(self.tokens), move(self.offsets), self.max_len, self.min_len, move(self.predicted)
+        )
 
     def pin_memory(self) -> Packing:
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        return Packing(pin(self.tokens), pin(self.offsets), self.max_len, pin(self.predicted))
+        return Packing(
+            pin(self.tokens), pin(self.offsets), self.max_len, self.min_len, pin(self.predicted)
+        )
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> the real tokens' rows (K, ...)."""
@@ -240,7 +246,11 @@ class Packing:
 
     def nested(self, x: torch.Tensor) -> torch.Tensor:
         """(K, nh, hs) -> a jagged (B, nh, j, hs) nested tensor for SDPA."""
-        nt = torch.nested.nested_tensor_from_jagged(x, self.offsets, max_seqlen=self.max_len)
+        # Both bounds given: SDPA would otherwise compute them from the offsets on the GPU and
+        # wait for the result, three times a layer.
+        nt = torch.nested.nested_tensor_from_jagged(
+            x, self.offsets, min_seqlen=self.min_len, max_seqlen=self.max_len
+        )
         return nt.transpose(1, 2)
 
 
@@ -340,6 +350,10 @@ def _jagged_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float) -> 
     q, k, v = map(packing.nested, qkv.unbind(0))  # each (B, nh, j, hs)
     y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # (B, nh, j, hs)
     y = y.transpose(1, 2).values().flatten(1)  # (K, nh, hs) -> (K, H)
+    if y.device.type == "cpu":
+        # torch's CPU fallback returns a view of an older (strided) nested tensor, which
+        # torch.compile cannot take: a copy lets the rest of the layer compile, as on a GPU.
+        y = y.clone()
     torch._dynamo.maybe_mark_dynamic(y, 0)  # the rest of the compiled layer takes K symbolic
     return y
 

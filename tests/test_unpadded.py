@@ -38,7 +38,10 @@ def test_packing_indexes_the_real_tokens():
     labels[0, 2] = labels[2, 0] = labels[2, 3] = 7
     p = Packing.of(mask, labels)
     assert p.tokens.tolist() == [0, 1, 2, 4, 8, 9, 10, 11]
-    assert p.offsets.tolist() == [0, 3, 4, 8] and p.max_len == 4
+    assert p.offsets.tolist() == [0, 3, 4, 8] and p.max_len == 4 and p.min_len == 1
+    # SDPA picks its kernel by the shortest and longest sequence: given, no device read.
+    nested = p.to("cpu").nested(torch.zeros(8, 2, 5))  # (B, nh, j, hs)
+    assert (nested._maybe_min_seqlen, nested._maybe_max_seqlen) == (1, 4)
     assert p.predicted.tolist() == [2, 4, 7]  # rows of the packed tokens, row-major
     x = torch.arange(12.0).view(3, 4, 1)
     assert torch.equal(p.scatter(p.gather(x), 3), x * mask[..., None])
@@ -122,6 +125,33 @@ def test_compiled_layers_do_not_recompile_across_batches(unpad):
     train_without_recompiling(
         model, [make_batch(config, B=4, T=T, seed=i) for i, T in enumerate(lengths)]
     )
+
+
+def test_compiled_unpadded_layer_breaks_only_at_the_attention_call():
+    """trainer.compile on the unpadded path: dynamo compiles everything in a layer but the jagged
+    attention call (eager on purpose). Anything else that breaks the graph, such as a nested
+    tensor reaching compiled code, would leave that code eager, and fail here."""
+    from torch._dynamo.utils import counters
+
+    config = small_config(num_hidden_layers=2, max_position_embeddings=64, unpad=True)
+    model = BertForPreTraining(config).train()
+    ops: list[str] = []
+
+    def record(gm, inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    for layer in model.bert.encoder.layer:
+        layer.compile(backend=record)
+    torch._dynamo.reset()
+    try:
+        model(**make_batch(config, B=4, T=24)).loss.backward()
+        breaks = dict(counters["graph_break"])
+    finally:
+        torch._dynamo.reset()
+    assert breaks and all("_jagged_attention" in reason for reason in breaks), breaks
+    for op in ("layer_norm", "gelu", "dropout"):  # both LayerNorms, the GELU, both dropouts
+        assert sum(op in o for o in ops) == {"layer_norm": 4, "gelu": 2, "dropout": 4}[op], ops
 
 
 @pytest.mark.slow
