@@ -202,6 +202,9 @@ def bench_case(
     name: str, seq_len: int, batch_size: int, variants: list[str], args: argparse.Namespace
 ) -> list[Row]:
     """Every variant on one model preset and sequence length, steps alternating."""
+    # Compiled variants share BertLayer.forward: past dynamo's limit of cached graphs per
+    # function (8), it would run the later cases eagerly. Each case compiles afresh.
+    torch._dynamo.reset()
     device = torch.device(args.device)
     config = load_preset(name)
     torch.manual_seed(0)
@@ -287,6 +290,7 @@ def largest_batch(fits: Callable[[int], bool], start: int, limit: int) -> int:
 
 def _fits(config: BertConfig, weights: dict, seq_len: int, batch_size: int) -> bool:
     """Whether two training steps of the trainer=gpu variant run at this batch size."""
+    torch._dynamo.reset()  # as in bench_case
     batch = make_batch(config, batch_size, seq_len, short_rows=0.0)  # no padding: the worst
     batch = {k: v.to("cuda") for k, v in batch.items()}
     try:

@@ -10,6 +10,7 @@ users run it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -132,7 +133,9 @@ def test_fp16_fused_adamw_clips_unscaled_gradients(tmp_path, data_dir):
 def test_gpu_trainer_compiles_once_and_never_syncs_between_log_steps(tmp_path, data_dir):
     """trainer=gpu as shipped (compiled layers, unpadded attention): the layers compile once
     (TORCH_LOGS=recompiles prints nothing however the batch shapes vary), the compile time is
-    reported once, and only log steps (every 5th here) wait for the GPU."""
+    reported once, and only log steps (every 5th here) wait for the GPU. The first step compiles
+    each distinct layer call (the last layer keeps only the predicted rows); a recompilation
+    after it raises in the run (RecordSyncs sets torch.compiler's fail_on_recompile stance)."""
     run, syncs = tmp_path / "gpu", tmp_path / "syncs"
     result = run_cli(
         [f"paths.data_dir={data_dir}", f"hydra.run.dir={run}", *BASE, "trainer=gpu",
@@ -144,7 +147,7 @@ def test_gpu_trainer_compiles_once_and_never_syncs_between_log_steps(tmp_path, d
         timeout=1200,
     )  # fmt: skip
     output = result.stdout + result.stderr
-    assert "Recompiling" not in output, output[-3000:]
+    assert "Detected recompile" not in output, output[-3000:]
     assert output.count("compiled the encoder layers") == 1, output[-3000:]
     import json
 
@@ -183,7 +186,7 @@ def test_unpadded_attention_is_flash_attention_and_matches_the_padded_path():
         kernel = (
             sdpa_kernel(SDPBackend.FLASH_ATTENTION)
             if name == "unpadded"
-            else sdpa_kernel(list(SDPBackend))
+            else contextlib.nullcontext()  # torch's choice
         )
         with kernel, torch.autocast("cuda", dtype=torch.bfloat16):
             out = model(**batch)
@@ -191,6 +194,8 @@ def test_unpadded_attention_is_flash_attention_and_matches_the_padded_path():
         losses[name] = out.loss.item()
     assert losses["unpadded"] == pytest.approx(losses["padded"], rel=2e-2), losses
     for (name, p), q in zip(padded.named_parameters(), unpadded.parameters(), strict=True):
+        if name.endswith("key.bias"):  # softmax ignores it: its gradient is 0 up to rounding
+            continue
         cos = torch.nn.functional.cosine_similarity(p.grad.flatten(), q.grad.flatten(), dim=0)
         assert cos > 0.99, (name, cos.item())
     dropout = BertForPreTraining(load_preset("base")).cuda().train()
