@@ -290,6 +290,16 @@ def _check_model(cfg: DictConfig) -> None:
     _positive_int(cfg, "tokenizer.min_frequency")
 
 
+def skip_in_one_process(world: int) -> None:
+    """on_nan=skip needs one process: Lightning cannot skip a step in distributed training (a
+    training_step that returns None raises there)."""
+    _require(
+        world == 1,
+        f"on_nan=skip works in one process only, and this run has {world}",
+        "use on_nan=stop (the default) and resume from the last checkpoint with a lower optim.lr",
+    )
+
+
 def _check_data(cfg: DictConfig) -> None:
     batch = _positive_int(cfg, "data.global_batch_size")
     accumulate = _positive_int(cfg, "trainer.accumulate_grad_batches")
@@ -297,6 +307,8 @@ def _check_data(cfg: DictConfig) -> None:
     # Only where the device count is known before torch (a GPU count is only known after).
     if _get(cfg, "trainer.accelerator") == "cpu" and isinstance(devices, int) and devices > 0:
         per_device_batch_size(batch, devices * (nodes or 1), accumulate)
+        if _get(cfg, "on_nan") == "skip":
+            skip_in_one_process(devices * (nodes or 1))
     _in_range(cfg, "data.mlm_probability", 0.0, 1.0, closed_high=False)
     _require(_get(cfg, "data.mlm_probability") > 0, "data.mlm_probability=0", "use a value > 0")
     for key in ("nsp_probability", "short_seq_prob"):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.distributed.fsdp import FullyShardedDataParallel
 
+from bertpt.config_check import skip_in_one_process
 from bertpt.data_report import format_report
 from bertpt.errors import UserError
 from bertpt.model import SPEED_FIELDS, BertConfig, BertForPreTraining, Packing
@@ -113,6 +114,8 @@ class BertPretrainModule(pl.LightningModule):
                 layer.compile()
 
     def on_fit_start(self) -> None:
+        if self.hparams.on_nan == "skip":  # where the config could not count the devices:
+            skip_in_one_process(self.trainer.world_size)  # now, not at the first NaN, hours in
         report = getattr(self.trainer.datamodule, "report", None)
         if report and self.trainer.is_global_zero:
             log.info("data:\n%s", format_report(report))
@@ -430,7 +433,8 @@ class _Window:
 def _rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # this process's own device: a resume may see fewer GPUs than the run that saved it
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
         # as tensors and ints: checkpoints load with torch.load(weights_only=True)
         "numpy": [
             torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in np.random.get_state()
@@ -441,8 +445,10 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state["cuda"]
+    if cuda and torch.cuda.is_available():  # checkpoints before Dec 2026 hold every device's
+        own = cuda[0] if len(cuda) == 1 else cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+        torch.cuda.set_rng_state(own)
     np.random.set_state(
         tuple(x.numpy() if isinstance(x, torch.Tensor) else x for x in state["numpy"])
     )

@@ -31,6 +31,7 @@ MISTAKES = [
     ("negative warmup", ["optim.warmup_steps=-5"], "optim.warmup_steps=-5"),
     ("zero batch", ["data.global_batch_size=0"], "data.global_batch_size=0"),
     ("batch not divisible", ["trainer=ddp_cpu", "data.global_batch_size=9"], "global_batch_size=9"),
+    ("skip steps in 2 processes", ["trainer=ddp_cpu", "on_nan=skip"], "on_nan=skip works in one"),
     ("mask probability", ["data.mlm_probability=1.5"], "data.mlm_probability=1.5"),
     ("model vocab set", ["model.vocab_size=100"], "set tokenizer.vocab_size=100"),
     ("missing tokenizer", ["tokenizer.path={tmp}/no_tokenizer"], "no_tokenizer"),
