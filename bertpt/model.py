@@ -566,10 +566,15 @@ class BertModel(nn.Module):
         self.pooler = BertPooler(config) if config.nsp_head else None
 
         self.unpad = config.unpad
+        self.flash_heads = (config.hidden_size // config.num_attention_heads) % 8 == 0
 
     def packs(self, device: torch.device | str) -> bool:
-        """Whether a padded batch on `device` takes the unpadded path (config.unpad)."""
-        return self.unpad is True or (self.unpad == "auto" and torch.device(device).type == "cuda")
+        """Whether a padded batch on `device` takes the unpadded path (config.unpad). `auto`
+        needs a head size that FlashAttention takes (a multiple of 8, as every preset's 64):
+        torch's other jagged kernels are slower than the padded path."""
+        return self.unpad is True or (
+            self.unpad == "auto" and torch.device(device).type == "cuda" and self.flash_heads
+        )
 
     def forward(
         self,

@@ -102,9 +102,13 @@ def test_unpadded_losses_and_gradients_equal_the_padded_path(given):
 
 
 def test_unpad_auto_is_padded_on_a_cpu():
-    model = BertForPreTraining(small_config())
+    model = BertForPreTraining(small_config(hidden_size=16))  # head size 8
     assert model.config.unpad == "auto" and not model.bert.packs("cpu")
     assert model.bert.packs("cuda")
+    odd = BertForPreTraining(small_config(hidden_size=12))
+    assert not odd.bert.packs("cuda")  # head size 6, not FlashAttention's: padded unless asked
+    odd.set_speed(unpad=True)
+    assert odd.bert.packs("cuda")
     model.set_speed(unpad=True)
     assert model.bert.packs("cpu")
     with pytest.raises(ValueError, match="unpad"):
