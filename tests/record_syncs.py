@@ -3,20 +3,19 @@ detector (``torch.cuda.set_sync_debug_mode("warn")``). A step's record runs from
 previous batch to the end of this one: Lightning's logging of the previous step, fetching and
 copying this batch to the GPU, and this step. Writes ``{"step", "syncs"}`` a line.
 
-After the first step (which compiles, once per distinct layer call), any recompilation of a
-training step raises (``torch.compiler.set_stance("fail_on_recompile")``); validation, which
-compiles the layers' eval mode, is let through."""
+Recompiling after the first step raises, as in FailOnRecompile."""
 
 import json
 import warnings
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
+from no_recompile import FailOnRecompile
 
 
-class RecordSyncs(pl.Callback):
+class RecordSyncs(FailOnRecompile):
     def __init__(self, out_dir: str) -> None:
+        super().__init__()
         self.out_dir = Path(out_dir)
         self._caught = None
 
@@ -37,18 +36,12 @@ class RecordSyncs(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         row = {"step": trainer.global_step - 1, "syncs": self._stop()}
-        torch.compiler.set_stance("fail_on_recompile")
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / f"syncs_rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         self._start()
 
-    def on_validation_start(self, trainer, pl_module) -> None:
-        torch.compiler.set_stance("default")
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        torch.compiler.set_stance("fail_on_recompile")
-
     def on_train_end(self, trainer, pl_module) -> None:
-        torch.compiler.set_stance("default")
+        super().on_train_end(trainer, pl_module)
         self._stop()

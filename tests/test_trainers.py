@@ -154,6 +154,25 @@ def _clipping_run(tmp_path: Path, data_dir: Path, precision: str, fused: bool) -
 
 
 @pytest.mark.slow
+def test_ddp_with_compiled_unpadded_layers(tmp_path, data_dir):
+    """What trainer=ddp runs on GPUs (DDP, the layers compiled, the unpadded path with its eager
+    attention call between compiled parts), on two CPU processes with inductor: it trains,
+    never recompiles after the first step (FailOnRecompile raises), validates and exports."""
+    run_dir = tmp_path / "run"
+    run(
+        run_dir,
+        data_dir,
+        [*COMMON, "trainer=ddp_cpu", "trainer.compile=true", "model.unpad=true",
+         "optim.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
+         "+callbacks.recompile._target_=no_recompile.FailOnRecompile"],
+        in_process=False,
+    )  # fmt: skip
+    losses = losses_by_step(run_dir)
+    assert list(losses) == list(range(6)) and all(math.isfinite(x) for x in losses.values())
+    assert (run_dir / "hf" / "config.json").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 def test_clipping_under_every_precision(tmp_path, data_dir, fused):
     """Clipping works with a fused or unfused AdamW under fp32, bf16 and fp16 (GradScaler):
