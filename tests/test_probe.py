@@ -35,15 +35,15 @@ def test_builtin_task_is_balanced_with_disjoint_splits(task):
 
 @pytest.mark.slow
 def test_probe_learns_the_builtin_task_from_an_exported_model(finished_run, task):
-    """~190 fine-tuning steps of the tiny model: 20 s on 2 idle cores, minutes on busy ones."""
+    """~380 fine-tuning steps of the tiny model: 40 s on 2 idle cores, minutes on busy ones."""
     run, _ = finished_run
     # The 40-step model was pretrained at lr 2e-3 and fine-tunes best near 1e-3; docstrings say
-    # what they are about in their first 64 tokens. Seeds 0-2 measured 21-25% (chance 8.3%),
-    # with the models of two 40-step runs; a probe that does not learn stays near chance.
-    settings = Settings(epochs=4, lr=1e-3, max_length=64)
+    # what they are about in their first 64 tokens. Seeds 0-2 measured 47%, 56% and 30% after 8
+    # epochs (chance 8.3%); after 4, 21-25%, too close to the bar.
+    settings = Settings(epochs=8, lr=1e-3, max_length=64)
     result = run_probe(run / "hf", task, seeds=[0], settings=settings, baseline=False)
     chance = 1 / len(task.label_names)
-    assert result.accuracies["pretrained"][0] > 2 * chance, result.accuracies
+    assert result.accuracies["pretrained"][0] > 3 * chance, result.accuracies
 
 
 def write_jsonl(path, rows):
