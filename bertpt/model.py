@@ -260,7 +260,7 @@ class Dropout(nn.Dropout):
     torch draws a CPU dropout mask one element at a time from its Mersenne Twister: ~17 ns per
     element, a fifth of a small model's training step on a CPU. Here 64 random bits give four
     elements 16 bits each, and an element is kept when its 16 bits are at or above p's threshold,
-    so p is rounded to a multiple of 1/65536 (0.1 -> 0.099991). Same global generator, so seeds,
+    so p is rounded to a multiple of 1/65536 (0.1 -> 0.100006). Same global generator, so seeds,
     exact resume and checkpointing's replay hold as they do for nn.Dropout. GPUs and compiled code
     use F.dropout, which is fast there.
     """
@@ -269,9 +269,9 @@ class Dropout(nn.Dropout):
         p = self.p
         if not self.training or p == 0.0:
             return x
-        if x.device.type != "cpu" or torch.compiler.is_compiling() or p >= 1.0:
-            return F.dropout(x, p, True)
         dropped = round(p * 65536)  # of the 65536 values of 16 bits
+        if x.device.type != "cpu" or torch.compiler.is_compiling() or dropped == 65536:
+            return F.dropout(x, p, True)
         n = x.numel()
         words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
         bits = words.view(torch.int16)[:n].view(x.shape)

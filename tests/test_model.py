@@ -155,6 +155,8 @@ def test_cpu_dropout_drops_a_share_p_and_keeps_the_mean(p):
     assert columns.reshape(-1, 4).mean(0).sub(p).abs().max() < 0.01
     assert drop.eval()(x) is x
     assert Dropout(0.0).train()(x) is x
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+    assert torch.isfinite(Dropout(1 - 1e-6).train()(x)).all()  # p rounds to 1: no 1 / 0 scale
 
 
 def test_cpu_attention_with_dropout_is_sdpa_with_its_mask():
