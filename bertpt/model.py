@@ -366,8 +366,8 @@ class BertSelfAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout_p = config.attention_probs_dropout_prob
-        self.dropout = Dropout(self.dropout_p)  # a CPU's training step (see forward)
+        # Its p goes to SDPA; on a CPU's training step the mask is its own (see forward).
+        self.dropout = Dropout(config.attention_probs_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, attention: Attention = None) -> torch.Tensor:
         """(B, T, H) with a (B, 1, 1, T) bool mask, True where a key may be attended to (or
@@ -377,7 +377,7 @@ class BertSelfAttention(nn.Module):
         weight = torch.cat((self.query.weight, self.key.weight, self.value.weight))  # (3H, H)
         bias = torch.cat((self.query.bias, self.key.bias, self.value.bias))  # (3H,)
         qkv = F.linear(hidden_states, weight, bias)  # (..., 3H)
-        dropout_p = self.dropout_p if self.training else 0.0
+        dropout_p = self.dropout.p if self.training else 0.0
         if isinstance(attention, Packing):
             K, H = hidden_states.shape
             # A jagged tensor's values must be contiguous for SDPA: (3, K, nh, hs), split there.

@@ -170,7 +170,7 @@ def test_cpu_attention_with_dropout_is_sdpa_with_its_mask():
     own = BertForPreTraining(dataclasses.replace(config, hidden_dropout_prob=0.0)).train()
     own.load_state_dict(sdpa.state_dict())
     for layer in own.bert.encoder.layer:
-        assert layer.attention.self.dropout_p == 0.1
+        assert layer.attention.self.dropout.p == 0.1
         layer.attention.self.dropout.eval()  # the own path, dropping nothing
     batch = make_batch(config, lengths=[13, 9, 5, 13])
     a, b = sdpa(**batch), own(**batch)
