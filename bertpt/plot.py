@@ -32,6 +32,8 @@ PANELS = {
     "nsp_loss": ("NSP loss", ("train/nsp_loss", "val/nsp_loss")),
     "mlm_acc": ("MLM accuracy (masked tokens)", ("train/mlm_acc", "val/mlm_acc")),
     "nsp_acc": ("NSP accuracy", ("train/nsp_acc", "val/nsp_acc")),
+    # the frozen-feature probe at each validation (callbacks=probe): downstream quality
+    "probe_acc": ("probe accuracy (frozen features)", ("val/probe_acc",)),
     "lr": ("learning rate", ("train/lr",)),
     "grad_norm": ("gradient norm (before clipping)", ("train/grad_norm",)),
     "throughput": ("throughput (sequences/s)", ("train/seq_per_s",)),
@@ -183,9 +185,9 @@ def _split_legend(ax: Any) -> None:
 def overview_figure(runs: list[Run], title: str) -> Any:
     """Every panel in one figure; the runs' legend fills the last cell."""
     Figure, _ = _matplotlib()
-    fig = Figure(figsize=(14, 6.5), dpi=80)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.08, top=0.9, wspace=0.22, hspace=0.38)
-    axes = fig.subplots(2, 4).flatten()
+    fig = Figure(figsize=(12, 9), dpi=80)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.06, top=0.92, wspace=0.22, hspace=0.38)
+    axes = fig.subplots(3, 3).flatten()
     for ax, stem in zip(axes, PANELS, strict=False):
         if _draw(ax, runs, stem) and len(PANELS[stem][1]) > 1:
             _split_legend(ax)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer
+
 from bertpt.corpus import named_docstrings, prose_paragraphs, stdlib_files
 from bertpt.errors import UserError
 
@@ -50,6 +52,39 @@ class Task:
     label_names: list[str]
     train: list[Example]
     test: list[Example]
+
+
+@dataclass
+class Encoded:
+    """A split as token ids: the tokenizer's own [CLS] ... [SEP] (and pair) template."""
+
+    ids: list[list[int]]
+    type_ids: list[list[int]]
+    labels: list[int]
+
+    def subset(self, rows: list[int]) -> Encoded:
+        pick = lambda xs: [xs[i] for i in rows]  # noqa: E731
+        return Encoded(pick(self.ids), pick(self.type_ids), pick(self.labels))
+
+
+def load_tokenizer(folder: Path, max_length: int) -> Tokenizer:
+    """The export's own tokenizer, truncating to ``max_length`` tokens, no padding."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found — the probe needs the export's own tokenizer.json")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_truncation(max_length)
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def encode(tokenizer: Tokenizer, examples: list[Example]) -> Encoded:
+    pairs = bool(examples) and examples[0].text_pair is not None
+    inputs = [(e.text, e.text_pair) if pairs else e.text for e in examples]
+    encodings = tokenizer.encode_batch(inputs)
+    return Encoded(
+        [e.ids for e in encodings], [e.type_ids for e in encodings], [e.label for e in examples]
+    )
 
 
 @dataclass
@@ -226,3 +261,18 @@ def load_task(spec: str, columns: Columns | None = None) -> Task:
             raise UserError(f"task file {path} not found — check the path")
         return _task_from_rows(spec, _by_split(_read_file(path)), cols)
     return _task_from_rows(spec, _load_datasets(spec), cols)
+
+
+def dev_split(examples: list[Example], share: float = TEST_SHARE) -> tuple[list[int], list[int]]:
+    """Indices (fit, dev) of a training split: a fixed ``share`` of each class held out, chosen by
+    a hash of the text. The probe picks its learning rate on dev, never on the test split."""
+    by_class: dict[int, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_class.setdefault(e.label, []).append(i)
+    fit, dev = [], []
+    for rows in by_class.values():
+        rows = sorted(rows, key=lambda i: _bucket(f"dev:{i}:{examples[i].text}"))
+        n_dev = max(1, round(share * len(rows))) if len(rows) > 1 else 0
+        dev += rows[:n_dev]
+        fit += rows[n_dev:]
+    return sorted(fit), sorted(dev)

@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 
 REPORT = "report.md"
 # Validation metrics reported, in order: final and best (the lowest loss, the highest accuracy).
-VAL_METRICS = ("val/mlm_loss", "val/mlm_acc", "val/nsp_loss", "val/nsp_acc", "val/perplexity")
+VAL_METRICS = (
+    *("val/mlm_loss", "val/mlm_acc", "val/nsp_loss", "val/nsp_acc", "val/perplexity"),
+    "val/probe_acc",  # the frozen-feature probe (callbacks=probe)
+)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from bertpt.run_folder import METRICS as METRICS_CSV
 log = logging.getLogger(__name__)
 
 # The validation metrics summarised, in column order; a column appears if any job logged it.
-METRICS = ("val/mlm_loss", "val/mlm_acc", "val/nsp_acc", "val/nsp_loss")
+METRICS = ("val/mlm_loss", "val/mlm_acc", "val/nsp_acc", "val/nsp_loss", "val/probe_acc")
 STATUS_FILE = "job_status.txt"
 SUMMARY_FILE = "summary.csv"
 # Why a job has no job_status.txt, by the status it is given then.

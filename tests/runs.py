@@ -30,13 +30,22 @@ def make_cfg(run_dir: Path, data_dir: Path, *overrides: str) -> DictConfig:
                 f"paths.data_dir={data_dir}",
                 f"hydra.run.dir={run_dir}",
                 "trainer.enable_model_summary=false",
-                *overrides,
+                *without_val_probe(overrides),
             ],
         )
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
     return cfg
+
+
+def without_val_probe(overrides) -> list[str]:
+    """``overrides`` and, unless they name it, the validation probe off: it costs seconds per
+    validation, and its own tests (test_probe_callback.py) turn it on."""
+    overrides = list(overrides)
+    if any("val_probe" in o or o.startswith("callbacks=") for o in overrides):
+        return overrides
+    return [*overrides, "++callbacks.val_probe=null"]
 
 
 def run_cli(
@@ -60,6 +69,8 @@ def run_cli(
         "OMP_NUM_THREADS": "1",
         **env_extra,
     }
+    if module == "bertpt.train":
+        args = without_val_probe(args)
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

@@ -1,0 +1,67 @@
+"""val/probe_acc: the frozen-feature probe at every validation of a real run, logged, plotted
+and reported; on by default in the CPU experiments only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from runs import make_cfg, read_metrics
+
+from bertpt.pretrain import pretrain
+
+
+def lexical_task(path, n=240):
+    """Four classes, each told by a word: a probe on any features that keep words learns it."""
+    words = ["socket", "widget", "decimal", "thread"]
+    rows = [
+        {"text": f"the {words[i % 4]} of item {i} is described here", "label": words[i % 4]}
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_run_logs_plots_and_reports_the_probe_at_every_validation(data_dir, tmp_path):
+    run = tmp_path / "run"
+    task = lexical_task(tmp_path / "task.jsonl")
+    cfg = make_cfg(
+        run, data_dir,
+        "+experiment=tiny", "optim.max_steps=20", "optim.warmup_steps=2",
+        "data.global_batch_size=8", "data.val_max_pairs=16", "trainer.val_check_interval=10",
+        "trainer.log_every_n_steps=5", "trainer.num_workers=0", "logger=csv",
+        "callbacks.model_checkpoint.every_n_train_steps=20", f"callbacks.val_probe.task={task}",
+    )  # fmt: skip
+    metrics = pretrain(cfg)
+    rows = [r for r in read_metrics(run) if r.get("val/probe_acc")]
+    # the weights it starts from (random init) at step 0, then at each validation
+    assert [int(r["step"]) for r in rows] == [0, 9, 19], rows
+    probe = [float(r["val/probe_acc"]) for r in rows]
+    # the words tell the class: random and 20-step features alike keep them
+    assert all(0.5 < a <= 1.0 for a in probe), probe
+    assert metrics["val/probe_acc"] == pytest.approx(probe[-1])
+    assert (run / "plots" / "probe_acc.png").is_file()
+    report = (run / "report.md").read_text()
+    assert "val/probe_acc" in report
+
+
+@pytest.mark.parametrize(
+    "experiment, probed",
+    [("tiny", True), ("mini", True), ("small", True), ("roberta_tiny", True), ("base", False)],
+)
+def test_the_cpu_experiments_probe_by_default_and_it_turns_off(tmp_path, experiment, probed):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from runs import CONF
+
+    def callbacks(*overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose("train", overrides=[f"+experiment={experiment}", *overrides])
+        return cfg.callbacks
+
+    assert (callbacks().get("val_probe") is not None) == probed
+    assert callbacks("callbacks=default").get("val_probe") is None
+    if probed:
+        assert callbacks("callbacks.val_probe=null").val_probe is None
+        assert callbacks().val_probe.task == "docstrings"  # the built-in task: no network
