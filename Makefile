@@ -16,6 +16,7 @@ CORPUS ?= data/corpus.txt
 TOKENIZER ?= data/tokenizer
 VOCAB_SIZE ?= 8192
 EXPERIMENT ?= mini
+TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
@@ -46,8 +47,8 @@ tokenizer: $(STAMP) data ## train the WordPiece tokenizer on the corpus into dat
 # `make train`'s run folder, named once per make call (:=), so the probe finds the run it follows.
 TRAIN_RUN := outputs/train/runs/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-train: $(STAMP) ## pretrain a small BERT on the default corpus (CPU, minutes), then probe it
-	$(PY) -m bertpt.train +experiment=$(EXPERIMENT) hydra.run.dir=$(TRAIN_RUN)
+train: $(STAMP) ## pretrain a small BERT on the default corpus (CPU, minutes), then probe it [TRAIN_ARGS="optim.max_steps=2000"]
+	$(PY) -m bertpt.train +experiment=$(EXPERIMENT) hydra.run.dir=$(TRAIN_RUN) $(TRAIN_ARGS)
 	$(PY) -m bertpt.probe $(TRAIN_RUN)/hf
 	@echo "plots: $(TRAIN_RUN)/plots/overview.png (and one file per panel); report: $(TRAIN_RUN)/report.md"
 

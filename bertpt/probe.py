@@ -8,8 +8,9 @@ weights (one set of weights per seed):
 
 - ``linear``: frozen features (the mean of the token states) and a logistic regression whose
   regularisation is chosen by cross-validation on the training split (``bertpt.probe_linear``).
-- ``finetune``: every weight fine-tuned with a classification head, at the learning rate each
-  init scores best with on a held-out part of the training split (``bertpt.probe_finetune``).
+- ``finetune``: every weight fine-tuned with a classification head on the mean of the token
+  states, at the learning rate each init scores best with on a held-out part of the training
+  split (``bertpt.probe_finetune``).
 
 Every report also gives the bag-of-words floor (TF-IDF + logistic regression): how much of the
 task its words alone tell. Accuracies are on the task's test split, as the median and range over
@@ -34,7 +35,7 @@ from bertpt.errors import UserError, exit_on_user_error
 from bertpt.hf import from_hf
 from bertpt.model import BertForPreTraining, num_parameters
 from bertpt.probe_finetune import Settings, choose_lr, fine_tune
-from bertpt.probe_linear import POOLINGS, _sklearn, linear_accuracy, tfidf_accuracy
+from bertpt.probe_linear import POOLINGS, linear_accuracy, sklearn_modules, tfidf_accuracy
 from bertpt.probe_tasks import (
     BUILTIN,
     Columns,
@@ -90,7 +91,7 @@ def run_probe(
 ) -> ProbeResult:
     """Probe the exported model (and, with ``baseline``, the same shape from random weights)."""
     settings = settings or Settings()
-    _sklearn()  # the linear probe and the bag-of-words floor: say now if it is missing
+    sklearn_modules()  # the linear probe and the bag-of-words floor: say now if it is missing
     folder = model_dir(folder)
     tokenizer = load_tokenizer(folder, settings.max_length)
     pretrained = from_hf(folder)

@@ -38,7 +38,11 @@ class Settings:
     max_length: int = 128
     weight_decay: float = 0.01
     warmup_share: float = 0.1
-    pooling: str = "cls"  # cls (the pooler's output) | first (token) | mean (over tokens)
+    # mean (over tokens) | first (token) | cls (the pooler's output). Measured on the held-out
+    # part of the training split with a 400-step mini (seed 0, lr 1e-3): mean 76.9%, first
+    # 73.1%, cls 31.1% (41.3% with the pooler re-initialised; its tanh saturates on the trained
+    # [CLS] state); the same shape from random weights: mean 78.8%, cls 73.1%.
+    pooling: str = "mean"
     reinit_pooler: bool = False  # the pooler was trained on next-sentence prediction only
 
 

@@ -28,7 +28,7 @@ FOLDS = 5
 RIDGE_ALPHAS = tuple(10.0**k for k in np.arange(-1, 4.5, 0.5))  # 0.1 ... 10,000
 
 
-def _sklearn() -> Any:
+def sklearn_modules() -> Any:
     try:
         import sklearn  # noqa: F401
     except ImportError as e:
@@ -42,7 +42,7 @@ def _sklearn() -> Any:
 
 def have_sklearn() -> bool:
     try:
-        _sklearn()
+        sklearn_modules()
     except UserError:
         return False
     return True
@@ -114,7 +114,7 @@ def logistic_accuracy(
 ) -> float:
     """Test accuracy of a multinomial logistic regression whose regularisation is chosen by
     stratified cross-validation on the training split (deterministic: no random draws)."""
-    _, linear_model, pipeline, preprocessing = _sklearn()
+    _, linear_model, pipeline, preprocessing = sklearn_modules()
     folds = min(FOLDS, int(np.bincount(train_y).min()))
     if folds < 2:
         raise UserError("the task has a class with fewer than 2 training examples — add examples")
@@ -134,7 +134,7 @@ def ridge_accuracy(
     by leave-one-out cross-validation on the training split, in closed form: ~0.1 s where the
     cross-validated logistic regression takes ~15 s on the built-in task, with the same
     accuracy within a point or two (the validation probe's classifier)."""
-    _, linear_model, pipeline, preprocessing = _sklearn()
+    _, linear_model, pipeline, preprocessing = sklearn_modules()
     model = pipeline.make_pipeline(
         preprocessing.StandardScaler(), linear_model.RidgeClassifierCV(alphas=RIDGE_ALPHAS)
     )
@@ -163,7 +163,7 @@ def tfidf_accuracy(
 ) -> float:
     """The bag-of-words floor: TF-IDF of words and word pairs (sublinear counts) and the same
     cross-validated logistic regression."""
-    feature_extraction, *_ = _sklearn()
+    feature_extraction, *_ = sklearn_modules()
     vectorizer = feature_extraction.text.TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     train_x = vectorizer.fit_transform(train_texts)  # the vocabulary of the training split
     test_x = vectorizer.transform(test_texts)

@@ -38,6 +38,22 @@ def test_builtin_task_is_balanced_with_disjoint_splits(task):
     assert "email" in task.label_names and "asyncio" in task.label_names
 
 
+@pytest.mark.parametrize("gone", [(), ("distutils",), ("distutils", "lib2to3")])
+def test_builtin_task_keeps_its_shape_on_every_python(monkeypatch, gone):
+    """Python 3.12 dropped distutils and 3.13 lib2to3, two of the 12 classes on 3.10 and 3.11:
+    the task takes the next most frequent modules and stays balanced and disjoint."""
+    import bertpt.probe_tasks as tasks
+
+    members = tasks.stdlib_members()
+    monkeypatch.setattr(tasks, "stdlib_members", lambda: [m for m in members if m[0] not in gone])
+    t = tasks.docstring_task()
+    assert len(t.label_names) == tasks.NUM_CLASSES and not set(gone) & set(t.label_names)
+    for split, least in ((t.train, 80), (t.test, 20)):
+        counts = Counter(e.label for e in split)
+        assert len(set(counts.values())) == 1 and min(counts.values()) >= least, counts
+    assert not {e.text for e in t.train} & {e.text for e in t.test}
+
+
 def test_dev_split_holds_out_a_share_of_each_class_from_train(task):
     fit, dev = dev_split(task.train)
     assert sorted(fit + dev) == list(range(len(task.train)))  # a partition of the train split
