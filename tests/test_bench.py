@@ -112,9 +112,10 @@ def test_cli_times_each_variant_side_by_side(capsys):
 @pytest.mark.slow
 def test_bench_quality_trains_both_sides_and_prints_them_side_by_side(tmp_path):
     """python -m bertpt.bench_quality, shortened: bertpt's real command and the transformers
-    loop for 6 steps each, evaluated twice on the same held-out pairs and probe."""
+    loop for 20 steps each (two logged windows of 10: the training time is read from them),
+    evaluated twice on the same held-out pairs and probe."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bertpt.bench_quality", "--experiment", "tiny", "--steps", "6",
+        [sys.executable, "-m", "bertpt.bench_quality", "--experiment", "tiny", "--steps", "20",
          "--evals", "2", "--eval-pairs", "128", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)},
@@ -124,13 +125,15 @@ def test_bench_quality_trains_both_sides_and_prints_them_side_by_side(tmp_path):
         r"^\s+(\d+)\s+(bertpt|transformers)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%$", proc.stdout, re.M
     )
     assert [(step, side) for step, side, *_ in rows] == [
-        ("3", "bertpt"),
-        ("3", "transformers"),
-        ("6", "bertpt"),
-        ("6", "transformers"),
+        ("10", "bertpt"),
+        ("10", "transformers"),
+        ("20", "bertpt"),
+        ("20", "transformers"),
     ], proc.stdout[-2000:]
     for *_, mlm, nsp, probe in rows:
         assert 0 <= float(mlm) <= 1 and 0 <= float(nsp) <= 1 and 0 <= float(probe) <= 100
     # both sides saw the same batch size and steps: they are timed over the same work
-    assert re.search(r"training time for 6 steps .*: bertpt \d+ s, transformers \d+ s", proc.stdout)
-    assert (tmp_path / "bertpt" / "checkpoints" / "step0000003.ckpt").is_file()
+    assert re.search(
+        r"training time for 20 steps .*: bertpt \d+ s, transformers \d+ s", proc.stdout
+    )
+    assert (tmp_path / "bertpt" / "checkpoints" / "step0000010.ckpt").is_file()
