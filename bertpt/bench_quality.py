@@ -140,7 +140,8 @@ def tokenized_documents(path: Path, tokenizer) -> list[list[list[int]]]:
 
 
 def train_peer(cfg, tokenizer_dir: Path, train_file: Path, eval_steps: list[int], seed: int):
-    """The transformers loop: {step: state_dict} at each evaluation step, and its wall time."""
+    """The transformers loop: {step: (state_dict, seconds of training so far)} at each
+    evaluation step."""
     import transformers
     from transformers import BertTokenizerFast, DataCollatorForLanguageModeling
 
@@ -165,7 +166,7 @@ def train_peer(cfg, tokenizer_dir: Path, train_file: Path, eval_steps: list[int]
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     schedule = transformers.get_linear_schedule_with_warmup(optimizer, o.warmup_steps, o.max_steps)
     batch_size, rng = cfg.data.global_batch_size, random.Random(seed)
-    snapshots, wall, step, epoch = {}, 0.0, 0, 0
+    snapshots, wall, step = {}, 0.0, 0
     model.train()
     while step < max(eval_steps):
         examples = peer_pairs(documents, tokenizer, cfg.data.max_seq_length, rng)
@@ -186,7 +187,6 @@ def train_peer(cfg, tokenizer_dir: Path, train_file: Path, eval_steps: list[int]
                 print(f"transformers: step {step}, {wall:.0f} s of training", flush=True)
             if step >= max(eval_steps):
                 break
-        epoch += 1
     return snapshots
 
 
@@ -201,9 +201,10 @@ def eval_batches(
 
     tokenizer = BertTokenizerFast.from_pretrained(str(tokenizer_dir))
     rng = random.Random(seed + 1)
-    examples = peer_pairs(tokenized_documents(heldout, tokenizer), tokenizer, 128, rng)
-    while len(examples) < n_pairs:
-        examples += peer_pairs(tokenized_documents(heldout, tokenizer), tokenizer, 128, rng)
+    documents = tokenized_documents(heldout, tokenizer)
+    examples: list[dict] = []
+    while len(examples) < n_pairs:  # more passes (other pairs) until there are enough
+        examples += peer_pairs(documents, tokenizer, 128, rng)
     examples = examples[:n_pairs]
     torch.manual_seed(seed + 1)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.data.mlm_probability)
@@ -301,16 +302,17 @@ def main(argv: list[str] | None = None) -> None:
         "held-out pairs (fixed masks) and the built-in probe task"
     )
     print(f"  {'step':>6}  {'':<13} {'val MLM acc':>11} {'NSP acc':>8} {'probe acc':>9}")
-    bertpt_rows = {}
     for step in eval_steps:
         ckpt = load_bertpt_checkpoint(run / "checkpoints" / f"step{step:07d}.ckpt")
         model_config = ckpt["hyper_parameters"]["model_config"]
         model = model_from_module_state(ckpt["state_dict"], model_config, str(run))
         config = model.config.to_dict()
-        bertpt_rows[step] = evaluate(model.state_dict(), config, batches, probe_data)
         peer_state, _ = peer[step]
-        peer_row = evaluate(peer_state, config, batches, probe_data)
-        for name, row in (("bertpt", bertpt_rows[step]), ("transformers", peer_row)):
+        rows = {
+            "bertpt": evaluate(model.state_dict(), config, batches, probe_data),
+            "transformers": evaluate(peer_state, config, batches, probe_data),
+        }
+        for name, row in rows.items():
             print(
                 f"  {step:>6}  {name:<13} {row['mlm_acc']:>11.4f} {row['nsp_acc']:>8.3f} "
                 f"{row['probe_acc']:>9.1%}"
