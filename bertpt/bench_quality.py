@@ -41,6 +41,7 @@ from bertpt.corpus import build_default_corpus, read_documents
 from bertpt.export import load_bertpt_checkpoint, model_from_module_state
 from bertpt.history import metric_series
 from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.probe_callback import MAX_LENGTH
 from bertpt.probe_linear import linear_accuracy
 from bertpt.probe_tasks import encode, load_task, load_tokenizer
 from bertpt.tokenizer import train_tokenizer
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     peer = train_peer(cfg, tokenizer_dir, train_file, eval_steps, args.seed)
 
     task = load_task("docstrings")
-    tokenizer = load_tokenizer(tokenizer_dir, 32)
+    tokenizer = load_tokenizer(tokenizer_dir, MAX_LENGTH)  # as val/probe_acc encodes it
     probe_data = (encode(tokenizer, task.train), encode(tokenizer, task.test))
     batches = eval_batches(tokenizer_dir, heldout, cfg, args.seed, args.eval_pairs)
     print(

@@ -7,8 +7,9 @@ accuracy as ``val/probe_acc``; at step 0 it probes the weights the run starts fr
 for a fresh run). The loss says the model predicts masked tokens better; this says whether its
 features start to carry what a downstream task needs. The classifier is a ridge regression
 whose regularisation leave-one-out cross-validation picks in closed form (0.1 s) rather than
-the 15 s logistic regression of ``python -m bertpt.probe --mode linear``: with 32 tokens a text
-and half the training split, a probe costs about a second (see conf/callbacks/probe.yaml).
+the 15 s logistic regression of ``python -m bertpt.probe --mode linear``. The encoder's forward
+is the cost: with the first 12 tokens of each text and the whole training split, a probe adds
+about 13% to make train's validations (conf/callbacks/probe.yaml has the measurements).
 
 Off: ``callbacks=default`` or ``callbacks.val_probe=null``. Without scikit-learn, or under FSDP
 (whose shards only all ranks together can run), the run says so once and goes on without it.
@@ -28,11 +29,15 @@ from bertpt.probe_tasks import BUILTIN, Encoded, encode, load_task, load_tokeniz
 log = logging.getLogger(__name__)
 
 
+# Tokens of each text the probe encodes (conf/callbacks/probe.yaml says why 12).
+MAX_LENGTH = 12
+
+
 class ValidationProbe(pl.Callback):
     def __init__(
         self,
         task: str = BUILTIN,
-        max_length: int = 32,
+        max_length: int = MAX_LENGTH,
         pooling: str = "mean",
         max_train_examples: int | None = None,
     ) -> None:
@@ -43,6 +48,8 @@ class ValidationProbe(pl.Callback):
         self.data: tuple[Encoded, Encoded] | None = None
         self.off = False
         self.seconds: list[float] = []  # the time each probe took, for the log
+        self.val_seconds: list[float] = []  # the time each validation took before its probe
+        self._val_start = 0.0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -81,15 +88,26 @@ class ValidationProbe(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.seconds:
-            log.info(
-                "val/probe_acc: %d probes, %.1f s each on average",
-                len(self.seconds),
-                sum(self.seconds) / len(self.seconds),
-            )
+            log.info("val/probe_acc: %s", self.cost())
+
+    def cost(self) -> str:
+        """How long the probes took, and how much they add to the validations they follow."""
+        mean = sum(self.seconds) / len(self.seconds)
+        text = f"{len(self.seconds)} probes, {mean:.2f} s each on average"
+        if self.val_seconds:
+            # the step-0 probe follows no validation: the share is of the ones that did
+            probes = self.seconds[-len(self.val_seconds) :]
+            share = sum(probes) / max(sum(self.val_seconds), 1e-9)
+            text += f", adding {share:.0%} to the validations' time"
+        return text
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_start = time.perf_counter()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.off or not trainer.is_global_zero:
             return
+        self.val_seconds.append(time.perf_counter() - self._val_start)
         pl_module.log("val/probe_acc", self._probe(pl_module), rank_zero_only=True)
 
     def _probe(self, pl_module: pl.LightningModule) -> float:

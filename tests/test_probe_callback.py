@@ -65,3 +65,12 @@ def test_the_cpu_experiments_probe_by_default_and_it_turns_off(tmp_path, experim
     if probed:
         assert callbacks("callbacks.val_probe=null").val_probe is None
         assert callbacks().val_probe.task == "docstrings"  # the built-in task: no network
+
+
+def test_the_cost_line_compares_the_probes_with_the_validations_they_follow():
+    from bertpt.probe_callback import ValidationProbe
+
+    probe = ValidationProbe()
+    probe.seconds = [5.0, 1.0, 1.0]  # step 0 (follows no validation), then two validations
+    probe.val_seconds = [8.0, 12.0]
+    assert probe.cost() == "3 probes, 2.33 s each on average, adding 10% to the validations' time"
