@@ -1,6 +1,7 @@
 """Training-step throughput of bertpt against `transformers.BertForPreTraining` (a dev tool).
 
-    python -m bertpt.bench                   # CPU: tiny, mini, base at 128, fp32, bertpt vs HF
+    python -m bertpt.bench                   # CPU: tiny, mini, base at 128, bertpt vs HF, fp32
+                                             # and (where the CPU has it natively) bf16
     python -m bertpt.bench --device cuda     # GPU: base and large at 128 and 512, bf16, every
                                              # variant, then BERT-base through the real command
     python -m bertpt.bench --lightning 200   # GPU: only the real command, seq/s and MFU
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from bertpt import precision
 from bertpt.console import quiet_dependencies
 from bertpt.flops import FORMULA, flops_per_sequence, mfu, peak_flops
 from bertpt.model import SPEED_FIELDS, BertConfig, BertForPreTraining, Packing
@@ -249,11 +251,12 @@ def bench_case(
     return rows
 
 
-def print_rows(rows: list[Row], steps_note: str) -> None:
+def print_rows(rows: list[Row], steps_note: str, auto: str | None = None) -> None:
     """One line per variant; the ratio is to transformers eager at the same precision (on a
-    CPU, bertpt under bf16 against HF at its best of fp32 and bf16), per round (Row.speedup)."""
+    CPU, bertpt under bf16 against HF at its best of fp32 and bf16), per round (Row.speedup).
+    The precision ``auto`` ("fp32" or "bf16": what trainer.precision=auto trains in) is starred."""
     header = ("model", "seq", "batch", "variant", "prec", "seq/s", "tok/s", "MFU", "vs HF", "1st s")
-    print("{:<6} {:>4} {:>5} {:<25} {:<4} {:>8} {:>9} {:>6} {:>6} {:>6}".format(*header))
+    print("{:<6} {:>4} {:>5} {:<25} {:<5}{:>8} {:>9} {:>6} {:>6} {:>6}".format(*header))
     for r in rows:
         hf = [
             h
@@ -263,8 +266,9 @@ def print_rows(rows: list[Row], steps_note: str) -> None:
         ]  # fmt: skip
         ratio = f"{r.speedup(max(hf, key=lambda h: h.seq_per_s)):.2f}x" if hf else "-"
         util = f"{r.mfu:.1%}" if r.mfu is not None else "-"
+        prec = r.precision + ("*" if r.precision == auto else "")
         print(
-            f"{r.model:<6} {r.seq_len:>4} {r.batch_size:>5} {r.variant:<25} {r.precision:<4} "
+            f"{r.model:<6} {r.seq_len:>4} {r.batch_size:>5} {r.variant:<25} {prec:<5}"
             f"{r.seq_per_s:>8.1f} {r.seq_per_s * r.seq_len:>9.0f} {util:>6} {ratio:>6} "
             f"{r.first_step_s:>6.1f}",
             flush=True,
@@ -389,8 +393,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first")
     parser.add_argument(
         "--bf16",
-        action="store_true",
-        help="CPU: also time under bf16 autocast (a GPU always runs bf16)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CPU: also time under bf16 autocast (default: where the CPU has native bf16; "
+        "--no-bf16: fp32 only). A GPU always runs bf16",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
@@ -441,15 +447,24 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, {where}; tokens/s counts padded positions; median step "
         "time; vs HF: median of the per-round ratios; MFU on a GPU (FLOPs formula below)"
     )
-    if args.bf16 and kind == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        print("warning: this CPU has no native bf16 (AVX512-BF16/AMX): bf16 runs emulated, slowly")
+    auto = "bf16"  # what trainer.precision=auto trains in here (a GPU: bf16-mixed)
+    if kind == "cpu":
+        unit = precision.native_bf16_unit()
+        auto = "bf16" if unit else "fp32"
+        if args.bf16 is None:
+            args.bf16 = unit is not None
+        print(
+            f"native bf16: {unit or 'none (bf16 is emulated, slowly)'}; trainer.precision=auto "
+            f"trains in {'bf16-mixed' if unit else '32-true'} here (* below)"
+            + ("" if args.bf16 else "; --bf16 times the emulated bf16 too")
+        )
     rows = []
     for seq_len in seq_lens:
         batch_size = args.batch_size or (GPU_BATCH.get(seq_len, 32) if kind == "cuda" else 32)
         for name in models:
             rows += bench_case(name, seq_len, batch_size, variants, args)
     padding = ", ".join(f"{SHORT_ROWS.get(t, 0.25):.0%} of rows short at {t}" for t in seq_lens)
-    print_rows(rows, f"{FORMULA}; batches: {padding}")
+    print_rows(rows, f"{FORMULA}; batches: {padding}", auto)
     if kind == "cuda":
         lightning = lightning_run(200, [])
         raw = [r for r in rows if (r.model, r.seq_len, r.variant) == ("base", 128, VARIANTS_GPU)]

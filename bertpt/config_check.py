@@ -48,8 +48,9 @@ MODEL_TYPES = ("bert", "roberta")
 # RoBERTa's MLM-only packed sentences (bertpt.packing.CROSS_DOCUMENTS).
 PAIR_OBJECTIVES = ("nsp", "sop")
 MLM_OBJECTIVES = ("mlm", "doc-sentences")
-# Lightning's precision flags, its short aliases included (compared as strings: 32 is 32).
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+# Lightning's precision flags, its short aliases included (compared as strings: 32 is 32), and
+# bertpt's auto (bertpt.precision: bf16-mixed where bf16 is native, else 32-true).
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 PRECISIONS += ("32", "16", "bf16", "64", "transformer-engine", "transformer-engine-float16")
 
 

@@ -63,10 +63,14 @@ class _DecoderCrossEntropy(torch.autograd.Function):
         logits = workspace[: N * V].view(N, V)
         low = _matmul_dtype(hidden.device, weight)
         with torch.autocast(hidden.device.type, enabled=False):
+            # Under autocast the projection runs in its precision, as nn.Linear would; the
+            # weight and hidden states are cast once and serve the gradients too.
+            h = hidden.float() if low is None else hidden.to(low)
+            w = weight.float() if low is None else weight.to(low)
             if low is None:
-                torch.addmm(bias.float(), hidden.float(), weight.float().t(), out=logits)
-            else:  # the projection in the autocast precision, as nn.Linear would run it
-                logits.copy_(F.linear(hidden.to(low), weight.to(low))).add_(bias.float())
+                torch.addmm(bias.float(), h, w.t(), out=logits)
+            else:
+                logits.copy_(F.linear(h, w)).add_(bias.float())
             top, predictions = logits.max(dim=-1)  # (N,)
             target_logit = logits.gather(1, targets[:, None]).squeeze(1)
             probs = logits.sub_(top[:, None]).exp_()  # unnormalised, in place
@@ -77,8 +81,8 @@ class _DecoderCrossEntropy(torch.autograd.Function):
                 probs.div_(total[:, None])
                 probs[torch.arange(N, device=probs.device), targets] -= 1.0  # d(sum of CE)/dlogits
                 mm = probs if low is None else probs.to(low)
-                grad_hidden = (mm @ weight.to(mm.dtype)).to(hidden.dtype)
-                grad_weight = (mm.t() @ hidden.to(mm.dtype)).to(weight.dtype)
+                grad_hidden = (mm @ w).to(hidden.dtype)
+                grad_weight = (mm.t() @ h).to(weight.dtype)
                 grad_bias = probs.sum(0).to(bias.dtype)
                 ctx.grads = (grad_hidden, grad_weight, grad_bias)
         ctx.n = N

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from bertpt import report, run_folder
+from bertpt import precision, report, run_folder
 from bertpt.checkpoint import AtomicCheckpointIO
 from bertpt.config_check import checkpoint_path
 from bertpt.console import quiet_dependencies
@@ -35,20 +35,26 @@ SPEED_KEYS = ("num_workers", "pad_to_multiple_of", "compile", "fused_optimizer")
 
 
 def _fit_to_machine(trainer_cfg: dict[str, Any], speed: dict[str, Any]) -> None:
-    """Run a GPU config on a machine without a GPU: warn and use what the CPU supports."""
+    """Run a GPU config on a machine without a GPU: warn and use what the CPU supports. Then
+    resolve ``precision: auto`` (bertpt.precision) and say once which precision the run uses."""
     if trainer_cfg.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        cpu_precision, _ = precision.resolve(precision.AUTO, "cpu")
         log.warning(
-            "no GPU here: running on the CPU with 1 device, fp32, not compiled (asked: %s "
+            "no GPU here: running on the CPU with 1 device, %s, not compiled (asked: %s "
             "devices, %s, %s)",
+            cpu_precision,
             trainer_cfg.get("devices"),
             trainer_cfg.get("strategy"),
             trainer_cfg.get("precision"),
         )
-        trainer_cfg.update(accelerator="cpu", devices=1, strategy="auto", precision="32-true")
+        trainer_cfg.update(accelerator="cpu", devices=1, strategy="auto", precision=cpu_precision)
         speed["compile"] = False  # compiling for a CPU run of a GPU config costs minutes
     elif not torch.cuda.is_available() and str(trainer_cfg.get("precision")).startswith("16"):
         log.warning("fp16 needs a GPU: using 32-true on the CPU")
         trainer_cfg["precision"] = "32-true"
+    chosen, why = precision.resolve(trainer_cfg.get("precision"), trainer_cfg.get("accelerator"))
+    trainer_cfg["precision"] = chosen
+    log.info("precision: %s (%s)", chosen, why)
 
 
 def _model_config(cfg: DictConfig) -> dict[str, Any]:
@@ -70,6 +76,8 @@ def build_trainer(
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     speed = {k: trainer_cfg.pop(k, None) for k in SPEED_KEYS}
     _fit_to_machine(trainer_cfg, speed)
+    # The run's config (hparams.yaml, W&B, report.md) records the precision that ran, not "auto".
+    cfg.trainer.precision = trainer_cfg["precision"]
     plugins = [hydra.utils.instantiate(p) for p in trainer_cfg.pop("plugins", None) or []]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())  # a crash mid-write never leaves a corrupt last.ckpt

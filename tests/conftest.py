@@ -12,6 +12,11 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No native bf16 for the suite's runs, whatever the CPU: trainer.precision=auto then means
+# 32-true on every machine, so a test's figures do not depend on which kind of CPU runs it.
+# oneDNN (and bertpt.precision) honour this limit; test_precision.py stands in for a CPU with
+# native bf16 where it tests auto itself.
+os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE"
 
 
 @pytest.fixture(scope="session")

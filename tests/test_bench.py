@@ -109,6 +109,25 @@ def test_cli_times_each_variant_side_by_side(capsys):
     assert "6 x non-embedding params" in out  # the FLOPs formula beside the figures
 
 
+@pytest.mark.parametrize("unit", ["AMX", None])
+def test_cli_times_both_precisions_where_bf16_is_native_and_stars_autos(capsys, monkeypatch, unit):
+    from bertpt import precision
+    from bertpt.bench import main
+
+    monkeypatch.setattr(precision, "native_bf16_unit", lambda: unit)
+    main(["--models", "tiny", "--variants", "bertpt,hf", "--batch-size", "4",
+          "--steps", "1", "--warmup", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    precisions = {(r.split()[3], r.split()[4]) for r in out.splitlines() if r.startswith("tiny")}
+    if unit:
+        assert "native bf16: AMX; trainer.precision=auto trains in bf16-mixed here" in out
+        expected = {(v, p) for v in ("bertpt", "hf") for p in ("fp32", "bf16*")}
+    else:
+        assert "native bf16: none" in out and "--bf16 times the emulated bf16 too" in out
+        expected = {("bertpt", "fp32*"), ("hf", "fp32*")}
+    assert precisions == expected
+
+
 @pytest.mark.slow
 def test_bench_quality_trains_both_sides_and_prints_them_side_by_side(tmp_path):
     """python -m bertpt.bench_quality, shortened: bertpt's real command and the transformers
