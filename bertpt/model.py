@@ -389,9 +389,12 @@ class BertSelfAttention(nn.Module):
             return _jagged_attention(qkv, attention, dropout_p)
         B, T, H = hidden_states.shape
         q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4).unbind(0)
-        if dropout_p and q.device.type == "cpu" and not torch.compiler.is_compiling():
+        explicit = dropout_p or (q.dtype == torch.bfloat16 and self.training)
+        if explicit and q.device.type == "cpu" and not torch.compiler.is_compiling():
             # SDPA trains on a CPU with its math path, the same steps as these, but draws the
-            # dropout mask element by element: bertpt's Dropout draws it 4x faster.
+            # dropout mask element by element: bertpt's Dropout draws it 4x faster. In bf16
+            # (bf16-mixed on a CPU with AMX) these two products train a mini step 12% faster
+            # than SDPA's CPU flash kernel, with or without dropout.
             scores = (q * self.head_size**-0.5) @ k.transpose(-2, -1)  # (B, nh, T, T)
             if attention is not None:
                 scores = scores.masked_fill(~attention, float("-inf"))

@@ -45,9 +45,12 @@ def on_gpu(accelerator: str | None) -> bool:
     return accelerator in (None, "auto") and torch.cuda.is_available()
 
 
-def resolve(precision: object, accelerator: str | None) -> tuple[str, str]:
+def resolve(precision: object, accelerator: str | None) -> tuple[str | None, str]:
     """The precision a run uses and why: ``auto`` becomes bf16-mixed on a GPU or a CPU with
-    native bf16, 32-true on any other CPU; any other value is kept (the user asked for it)."""
+    native bf16, 32-true on any other CPU; any other value is kept (the user asked for it), and
+    None stays None (a precision plugin in ``trainer.plugins`` sets it)."""
+    if precision is None:
+        return None, "set by trainer.plugins"
     if str(precision) != AUTO:
         return str(precision), "as configured"
     if on_gpu(accelerator):

@@ -41,6 +41,8 @@ def test_auto_is_bf16_only_where_the_cpu_has_it_natively(cpu_with, unit, expecte
     # an explicit value wins on any machine
     for asked in ("32-true", "bf16-mixed", "bf16-true", "64-true"):
         assert precision.resolve(asked, "cpu") == (asked, "as configured")
+    # none at all: a precision plugin in trainer.plugins sets it (test_trainers' fp16 leg)
+    assert precision.resolve(None, "cpu")[0] is None
 
 
 def test_auto_is_bf16_on_a_gpu(monkeypatch):
@@ -137,3 +139,65 @@ def test_a_bf16_mixed_cpu_run_learns_as_fp32_does(tmp_path, data_dir, cpu_with):
         fp32, bf16 = losses["fp32"][step], losses["auto"][step]
         assert bf16 != fp32  # two precisions did run
         assert abs(bf16 - fp32) < 0.02 * fp32, (step, bf16, fp32)
+
+
+def test_a_bf16_mixed_cpu_step_runs_every_product_in_bf16_and_casts_each_weight_once():
+    """Under bf16 autocast (what bf16-mixed runs), a training step's matrix products and
+    attention all take bf16 inputs, the fused decoder loss included (none falls back to fp32),
+    each weight is cast to bf16 at most once per step, and the fused AdamW keeps fp32 weights
+    and fp32 state."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from bertpt.bench import make_batch
+    from bertpt.model import BertConfig, BertForPreTraining
+
+    aten = torch.ops.aten
+    products = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
+
+    class Record(TorchDispatchMode):
+        """The products' input dtypes, and how often each weight (or the concatenation of
+        weights that one projection uses) is cast to bf16."""
+
+        def __init__(self, weights):
+            super().__init__()
+            self.weights = {w.data_ptr() for w in weights}
+            self.products, self.casts = [], Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            tensors = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+            if func in products or "scaled_dot_product" in str(func):
+                self.products.append((str(func), {t.dtype for t in tensors}))
+            to_bf16 = func is aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16
+            if to_bf16 and args[0].data_ptr() in self.weights:
+                self.casts[args[0].data_ptr()] += 1
+            out = func(*args, **kwargs)
+            if func is aten.cat.default and all(t.data_ptr() in self.weights for t in args[0]):
+                self.weights.add(out.data_ptr())  # query, key and value weights as one
+            return out
+
+    config = BertConfig(
+        vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = BertForPreTraining(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    batch = make_batch(config, 8, 32)
+    with Record(model.parameters()) as seen:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+    assert len(seen.products) > 20  # every layer's projections, attention and the heads
+    in_fp32 = [name for name, dtypes in seen.products if dtypes != {torch.bfloat16}]
+    assert not in_fp32, in_fp32
+    decoder = model.cls.predictions.decoder.weight  # the word embeddings, tied
+    assert seen.casts[decoder.data_ptr()] == 1  # cast by the fused decoder loss, once
+    twice = [n for n, p in model.named_parameters() if seen.casts[p.data_ptr()] > 1]
+    assert not twice and max(seen.casts.values()) == 1, twice
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    state = [s for p in model.parameters() for s in optimizer.state[p].values() if s.dim()]
+    assert state and all(s.dtype == torch.float32 for s in state)
