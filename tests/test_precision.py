@@ -201,3 +201,49 @@ def test_a_bf16_mixed_cpu_step_runs_every_product_in_bf16_and_casts_each_weight_
     assert all(p.dtype == torch.float32 for p in model.parameters())
     state = [s for p in model.parameters() for s in optimizer.state[p].values() if s.dim()]
     assert state and all(s.dtype == torch.float32 for s in state)
+
+
+def test_under_bf16_on_a_cpu_the_masked_rows_come_in_few_shapes_and_change_nothing(monkeypatch):
+    """Under bf16 autocast on a CPU the rows that the last layer and the vocabulary projection
+    compute are rounded up to a multiple of ROW_BUCKET (oneDNN makes a kernel per shape), so
+    batches with different numbers of masked tokens share shapes; the extra rows are never
+    scored: loss, predictions and every gradient are those of the unrounded step. In fp32 the
+    rows are not rounded."""
+    from bertpt import model as bert
+    from bertpt.bench import make_batch
+
+    config = bert.BertConfig(
+        vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # the same step twice
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = bert.BertForPreTraining(config).train()
+    rows = []
+    model.cls.predictions.transform.register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+
+    def step(bucket, bf16, batch):
+        monkeypatch.setattr(bert, "ROW_BUCKET", bucket)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(**batch)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        return out.loss.detach(), out.mlm_predictions, grads
+
+    for seed in range(3):  # batches whose masked counts differ
+        torch.manual_seed(seed)
+        batch = make_batch(config, 8, 32)
+        masked = int((batch["labels"] != bert.IGNORE_INDEX).sum())
+        loss, predictions, grads = step(1, True, batch)
+        assert rows[-1] == masked
+        rounded_loss, rounded_predictions, rounded_grads = step(32, True, batch)
+        # the last layer's rows: one [CLS] row per sequence (8) and the masked ones, rounded
+        assert (8 + rows[-1]) % 32 == 0 and masked <= rows[-1] < masked + 32
+        assert len(rounded_predictions) == masked
+        assert torch.equal(rounded_predictions, predictions)
+        torch.testing.assert_close(rounded_loss, loss, rtol=1e-3, atol=1e-3)
+        for name, grad in grads.items():
+            torch.testing.assert_close(rounded_grads[name], grad, rtol=2e-2, atol=2e-4, msg=name)
+        step(32, False, batch)
+        assert rows[-1] == masked  # fp32: as it comes
