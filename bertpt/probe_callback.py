@@ -84,7 +84,7 @@ class ValidationProbe(pl.Callback):
         random-init baseline the curve is to beat."""
         if trainer.global_step == 0 and not self.off and trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics({"val/probe_acc": self._probe(pl_module)}, step=0)
+                logger.log_metrics({"val/probe_acc": self._probe(trainer, pl_module)}, step=0)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.seconds:
@@ -108,14 +108,16 @@ class ValidationProbe(pl.Callback):
         if trainer.sanity_checking or self.off or not trainer.is_global_zero:
             return
         self.val_seconds.append(time.perf_counter() - self._val_start)
-        pl_module.log("val/probe_acc", self._probe(pl_module), rank_zero_only=True)
+        pl_module.log("val/probe_acc", self._probe(trainer, pl_module), rank_zero_only=True)
 
-    def _probe(self, pl_module: pl.LightningModule) -> float:
+    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
         start = time.perf_counter()
         train, test = self.data
         model = pl_module.model
         pad = model.config.pad_token_id
-        acc = linear_accuracy(model.bert, train, test, pad, self.pooling, classifier="ridge")
+        # In the run's precision (bf16 autocast under bf16-mixed), as its validation steps run.
+        with trainer.precision_plugin.forward_context():
+            acc = linear_accuracy(model.bert, train, test, pad, self.pooling, classifier="ridge")
         self.seconds.append(time.perf_counter() - start)
         log.debug("val/probe_acc %.4f in %.1f s", acc, self.seconds[-1])
         return acc

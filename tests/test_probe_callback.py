@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from runs import make_cfg, read_metrics
 
 from bertpt.pretrain import pretrain
@@ -22,17 +23,37 @@ def lexical_task(path, n=240):
     return path
 
 
-def test_a_run_logs_plots_and_reports_the_probe_at_every_validation(data_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_a_run_logs_plots_and_reports_the_probe_at_every_validation(
+    data_dir, tmp_path, monkeypatch, precision
+):
+    """A short run logs the probe at step 0 and at each validation, plots and reports it; the
+    probe encodes in the run's precision (bf16 autocast under bf16-mixed), as validation does."""
+    from bertpt import probe_callback
+
     run = tmp_path / "run"
     task = lexical_task(tmp_path / "task.jsonl")
+    encoded_in = []
+
+    def spy(*args, **kwargs):
+        encoded_in.append(
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        )
+        return linear_accuracy(*args, **kwargs)
+
+    linear_accuracy = probe_callback.linear_accuracy
+    monkeypatch.setattr(probe_callback, "linear_accuracy", spy)
     cfg = make_cfg(
         run, data_dir,
         "+experiment=tiny", "optim.max_steps=20", "optim.warmup_steps=2",
         "data.global_batch_size=8", "data.val_max_pairs=16", "trainer.val_check_interval=10",
         "trainer.log_every_n_steps=5", "trainer.num_workers=0", "logger=csv",
         "callbacks.model_checkpoint.every_n_train_steps=20", f"callbacks.val_probe.task={task}",
+        f"trainer.precision={precision}",
     )  # fmt: skip
     metrics = pretrain(cfg)
+    expected = torch.bfloat16 if precision == "bf16-mixed" else None
+    assert encoded_in == [expected] * 3, encoded_in
     rows = [r for r in read_metrics(run) if r.get("val/probe_acc")]
     # the weights it starts from (random init) at step 0, then at each validation
     assert [int(r["step"]) for r in rows] == [0, 9, 19], rows
