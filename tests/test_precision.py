@@ -163,7 +163,7 @@ def test_a_bf16_mixed_cpu_step_runs_every_product_in_bf16_and_casts_each_weight_
         def __init__(self, weights):
             super().__init__()
             self.weights = {w.data_ptr() for w in weights}
-            self.products, self.casts = [], Counter()
+            self.products, self.casts, self.kept = [], Counter(), []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
@@ -176,6 +176,7 @@ def test_a_bf16_mixed_cpu_step_runs_every_product_in_bf16_and_casts_each_weight_
             out = func(*args, **kwargs)
             if func is aten.cat.default and all(t.data_ptr() in self.weights for t in args[0]):
                 self.weights.add(out.data_ptr())  # query, key and value weights as one
+                self.kept.append(out)  # alive, so that no later tensor reuses its address
             return out
 
     config = BertConfig(
