@@ -414,8 +414,8 @@ class BertSelfAttention(nn.Module):
         if explicit and q.device.type == "cpu" and not torch.compiler.is_compiling():
             # SDPA trains on a CPU with its math path, the same steps as these, but draws the
             # dropout mask element by element: bertpt's Dropout draws it 4x faster. In bf16
-            # (bf16-mixed on a CPU with AMX) these two products train a mini step 12% faster
-            # than SDPA's CPU flash kernel, with or without dropout.
+            # (bf16-mixed on a CPU with AMX) these two products train a mini step ~40% faster
+            # than SDPA's CPU flash kernel (195 against 140 seq/s), with or without dropout.
             scores = (q * self.head_size**-0.5) @ k.transpose(-2, -1)  # (B, nh, T, T)
             if attention is not None:
                 scores = scores.masked_fill(~attention, float("-inf"))
