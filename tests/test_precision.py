@@ -141,6 +141,16 @@ def test_a_bf16_mixed_cpu_run_learns_as_fp32_does(tmp_path, data_dir, cpu_with):
         assert abs(bf16 - fp32) < 0.02 * fp32, (step, bf16, fp32)
 
 
+def small_config(**overrides):
+    """A 2-layer BERT of width 64 for one-step checks."""
+    from bertpt.model import BertConfig
+
+    return BertConfig(
+        vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=64, **overrides,
+    )  # fmt: skip
+
+
 def test_a_bf16_mixed_cpu_step_runs_every_product_in_bf16_and_casts_each_weight_once():
     """Under bf16 autocast (what bf16-mixed runs), a training step's matrix products and
     attention all take bf16 inputs, the fused decoder loss included (none falls back to fp32),
@@ -151,7 +161,7 @@ def test_a_bf16_mixed_cpu_step_runs_every_product_in_bf16_and_casts_each_weight_
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from bertpt.bench import make_batch
-    from bertpt.model import BertConfig, BertForPreTraining
+    from bertpt.model import BertForPreTraining
 
     aten = torch.ops.aten
     products = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
@@ -179,10 +189,7 @@ def test_a_bf16_mixed_cpu_step_runs_every_product_in_bf16_and_casts_each_weight_
                 self.kept.append(out)  # alive, so that no later tensor reuses its address
             return out
 
-    config = BertConfig(
-        vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=64,
-    )  # fmt: skip
+    config = small_config()
     torch.manual_seed(0)
     model = BertForPreTraining(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
@@ -213,11 +220,9 @@ def test_under_bf16_on_a_cpu_the_masked_rows_come_in_few_shapes_and_change_nothi
     from bertpt import model as bert
     from bertpt.bench import make_batch
 
-    config = bert.BertConfig(
-        vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=64,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # the same step twice
-    )  # fmt: skip
+    config = small_config(
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )  # same step twice
     torch.manual_seed(0)
     model = bert.BertForPreTraining(config).train()
     rows = []
