@@ -15,7 +15,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 CORPUS ?= data/corpus.txt
 TOKENIZER ?= data/tokenizer
 VOCAB_SIZE ?= 8192
-EXPERIMENT ?= mini
+EXPERIMENT ?= tiny_long
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -47,7 +47,7 @@ tokenizer: $(STAMP) data ## train the WordPiece tokenizer on the corpus into dat
 # `make train`'s run folder, named once per make call (:=), so the probe finds the run it follows.
 TRAIN_RUN := outputs/train/runs/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-train: $(STAMP) ## pretrain a small BERT on the default corpus (CPU, minutes), then probe it [TRAIN_ARGS="optim.max_steps=2000"]
+train: $(STAMP) ## pretrain a small BERT on the default corpus (tiny, 5,000 steps: CPU minutes), then probe it [EXPERIMENT=mini TRAIN_ARGS="optim.max_steps=2000"]
 	$(PY) -m bertpt.train +experiment=$(EXPERIMENT) hydra.run.dir=$(TRAIN_RUN) $(TRAIN_ARGS)
 	$(PY) -m bertpt.probe $(TRAIN_RUN)/hf
 	@echo "plots: $(TRAIN_RUN)/plots/overview.png (and one file per panel); report: $(TRAIN_RUN)/report.md"
