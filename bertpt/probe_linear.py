@@ -14,7 +14,7 @@ extra (``pip install -e '.[probe]'``; ``make install`` includes it).
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -76,7 +76,48 @@ def pool(
     return sequence_output[:, 0]
 
 
+class Batches(NamedTuple):
+    """A split padded once into batches of similar length: ``rows[i]`` are the examples'
+    positions in the split, ``inputs[i]`` their model inputs."""
+
+    size: int
+    rows: list[list[int]]
+    inputs: list[dict[str, torch.Tensor]]
+
+    def to(self, device: torch.device) -> Batches:
+        return self._replace(inputs=[{k: v.to(device) for k, v in b.items()} for b in self.inputs])
+
+
+def padded_batches(
+    ids: list[list[int]], type_ids: list[list[int]], pad_id: int, batch_size: int = 64
+) -> Batches:
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    rows = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    inputs = [pad_batch([ids[i] for i in r], [type_ids[i] for i in r], pad_id) for r in rows]
+    return Batches(len(ids), rows, inputs)
+
+
 @torch.no_grad()
+def encode_batches(bert: torch.nn.Module, batches: Batches, pooling: str = "mean") -> np.ndarray:
+    """(N, H) float32 text vectors from ``bert`` (a ``BertModel``), in the split's order; the
+    model in eval mode for the call."""
+    if pooling not in POOLINGS:
+        raise UserError(f"pooling {pooling!r} is not one of {POOLINGS} — pick one of them")
+    was_training = bert.training
+    bert.eval()
+    out = np.zeros((batches.size, 0), dtype=np.float32)
+    try:
+        for rows, batch in zip(batches.rows, batches.inputs, strict=True):
+            sequence_output, pooled = bert(**batch)
+            vectors = pool(sequence_output, pooled, batch["attention_mask"], pooling)
+            if out.shape[1] == 0:
+                out = np.zeros((batches.size, vectors.shape[1]), dtype=np.float32)
+            out[rows] = vectors.float().cpu().numpy()
+    finally:
+        bert.train(was_training)
+    return out
+
+
 def features(
     bert: torch.nn.Module,
     ids: list[list[int]],
@@ -85,28 +126,10 @@ def features(
     pooling: str = "mean",
     batch_size: int = 64,
 ) -> np.ndarray:
-    """(N, H) float32 text vectors from ``bert`` (a ``BertModel``), in the order of ``ids``;
-    batches of similar length, the model in eval mode for the call."""
-    if pooling not in POOLINGS:
-        raise UserError(f"pooling {pooling!r} is not one of {POOLINGS} — pick one of them")
-    was_training = bert.training
-    bert.eval()
+    """(N, H) float32 text vectors from ``bert``, in the order of ``ids``."""
     device = next(bert.parameters()).device
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = np.zeros((len(ids), 0), dtype=np.float32)
-    try:
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = pad_batch([ids[i] for i in rows], [type_ids[i] for i in rows], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            sequence_output, pooled = bert(**batch)
-            vectors = pool(sequence_output, pooled, batch["attention_mask"], pooling)
-            if out.shape[1] == 0:
-                out = np.zeros((len(ids), vectors.shape[1]), dtype=np.float32)
-            out[rows] = vectors.float().cpu().numpy()
-    finally:
-        bert.train(was_training)
-    return out
+    batches = padded_batches(ids, type_ids, pad_id, batch_size).to(device)
+    return encode_batches(bert, batches, pooling)
 
 
 def logistic_accuracy(

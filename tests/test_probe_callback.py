@@ -39,10 +39,10 @@ def test_a_run_logs_plots_and_reports_the_probe_at_every_validation(
         encoded_in.append(
             torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
         )
-        return linear_accuracy(*args, **kwargs)
+        return encode_batches(*args, **kwargs)
 
-    linear_accuracy = probe_callback.linear_accuracy
-    monkeypatch.setattr(probe_callback, "linear_accuracy", spy)
+    encode_batches = probe_callback.encode_batches
+    monkeypatch.setattr(probe_callback, "encode_batches", spy)
     cfg = make_cfg(
         run, data_dir,
         "+experiment=tiny", "optim.max_steps=20", "optim.warmup_steps=2",
@@ -53,7 +53,7 @@ def test_a_run_logs_plots_and_reports_the_probe_at_every_validation(
     )  # fmt: skip
     metrics = pretrain(cfg)
     expected = torch.bfloat16 if precision == "bf16-mixed" else None
-    assert encoded_in == [expected] * 3, encoded_in
+    assert encoded_in == [expected] * 2 * 3, encoded_in  # train and test, 3 probes
     rows = [r for r in read_metrics(run) if r.get("val/probe_acc")]
     # the weights it starts from (random init) at step 0, then at each validation
     assert [int(r["step"]) for r in rows] == [0, 9, 19], rows
