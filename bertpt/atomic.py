@@ -3,6 +3,11 @@
 A temporary in the target's own folder is on the same file system, so ``os.replace`` /
 ``os.link`` put it in place in one step; a crash before that leaves the target as it was.
 
+Several processes may build the same target at once (rank 0 of every node on shared storage).
+:func:`publish` settles it the same way everywhere: the first one in wins and stays, the others
+discard their copy and learn that they lost; with ``replace`` the last one in wins instead.
+:func:`publish_dir` builds a folder and publishes it in one ``with`` block.
+
 Temporaries are named ``.<target>.<host>-<pid>.<random>.tmp``. A process that is killed cannot
 remove its own, so the next writer beside the same target removes those whose process no longer
 runs on this host; those of a live process, or of another host (whose processes cannot be seen
@@ -12,6 +17,7 @@ from here), are left alone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import logging
 import os
@@ -19,6 +25,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -101,16 +108,71 @@ def temp_dir_beside(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def replace_dir(src: Path, target: Path) -> None:
-    """Put the folder ``src`` at ``target`` (same file system), replacing a folder there.
+def publish(tmp: Path, target: Path, *, replace: bool = False) -> bool:
+    """Put the file or folder ``tmp`` at ``target`` (same file system) by renaming; return
+    whether ``tmp`` went in.
+
+    Without ``replace`` a ``target`` already there (another process published it first) is
+    kept, never swapped under a reader: ``tmp`` stays where it is, for :func:`temp_beside` /
+    :func:`temp_dir_beside` to remove, and the answer is False. An empty folder at the target
+    of a folder counts as nothing there. With ``replace`` ``tmp`` takes the place of what is
+    there: a file in one rename, a folder in two (:func:`_replace_dir`).
+    """
+    if tmp.is_dir():
+        try:
+            os.replace(tmp, target)  # a folder moves onto nothing or onto an empty folder only
+            return True
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        if not replace:
+            return False
+        _replace_dir(tmp, target)
+        return True
+    if replace:
+        os.replace(tmp, target)
+        return True
+    try:
+        os.link(tmp, target)  # unlike a rename, fails when target exists
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: the last one in wins
+        os.replace(tmp, target)
+    return True
+
+
+@dataclass
+class Publishing:
+    """What :func:`publish_dir` yields: the folder to fill and, after the block, the outcome."""
+
+    tmp: Path
+    published: bool = False  # False: another process's folder was there first and is kept
+
+
+@contextlib.contextmanager
+def publish_dir(target: Path, *, replace: bool = False) -> Iterator[Publishing]:
+    """A :class:`Publishing` whose ``tmp``, a new folder beside ``target``, the block fills;
+    when the block ends it is published at ``target`` (:func:`publish`) and ``published`` says
+    whether it went in. An exception in the block leaves ``target`` as it was and removes ``tmp``.
+
+        with publish_dir(out) as pub:
+            (pub.tmp / "data.json").write_text(text)
+        if not pub.published:
+            ...  # another process got there first: check what it left at ``out``
+    """
+    with temp_dir_beside(target) as tmp:
+        pub = Publishing(tmp)
+        yield pub
+        pub.published = publish(tmp, target, replace=replace)
+
+
+def _replace_dir(src: Path, target: Path) -> None:
+    """Put the folder ``src`` at the folder ``target`` (same file system), replacing it.
 
     Two renames: the old folder moves into an empty temporary beside it (a folder may be
     renamed onto an empty one), ``src`` takes its place, then the old one is deleted. Only a
     crash between the two renames, a matter of microseconds, leaves no folder at ``target``.
     """
-    if not target.exists():
-        os.replace(src, target)
-        return
     with temp_dir_beside(target) as old:
         os.replace(target, old)
         os.replace(src, target)

@@ -34,7 +34,7 @@ from pathlib import Path
 from sentencex import segment
 from tqdm import tqdm
 
-from bertpt.atomic import temp_beside
+from bertpt.atomic import publish, temp_beside
 from bertpt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -422,17 +422,9 @@ def build_default_corpus(out_path: str | os.PathLike, overwrite: bool = False) -
                 f.write("\n".join(doc) + "\n\n")
                 docs += 1
                 sentences += len(doc)
-        if overwrite:
-            os.replace(tmp, out)
-        else:
-            # Several builders at once (a rank 0 per node on shared storage): the first one in
-            # wins and the file is never replaced under a reader, nor its mtime changed.
-            try:
-                os.link(tmp, out)
-            except FileExistsError:
-                pass
-            except OSError:  # a file system without hard links
-                os.replace(tmp, out)
+        # Several builders at once (a rank 0 per node on shared storage): the first one in wins
+        # and the file is never replaced under a reader, nor its mtime changed.
+        publish(tmp, out, replace=overwrite)
     log.info("wrote %s: %d documents, %d sentences", out, docs, sentences)
     return out
 

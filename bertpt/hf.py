@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from bertpt.atomic import replace_dir, temp_dir_beside
+from bertpt.atomic import publish_dir
 from bertpt.errors import UserError
 from bertpt.model import SPEED_FIELDS, BertConfig, BertForPreTraining
 from bertpt.tokenizer import tokenizer_hash
@@ -343,12 +343,12 @@ def to_hf(
     }
     if model.config.model_type == "roberta":
         sd = _rename(sd, ROBERTA_KEYS)
-    with temp_dir_beside(out) as tmp:
+    with publish_dir(out, replace=True) as pub:
+        tmp = pub.tmp
         save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(model.config), indent=2) + "\n")
         copied = copy_tokenizer(tokenizer_dir, tmp) if tokenizer_dir is not None else []
         digest = tokenizer_hash(tmp) if "tokenizer.json" in copied else None
         record = {**(info or {}), "tokenizer_hash": digest}
         (tmp / EXPORT_INFO).write_text(json.dumps(record, indent=2) + "\n")
-        replace_dir(tmp, out)
     return out

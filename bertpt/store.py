@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bertpt.atomic import remove_stale_temps, temp_dir_beside
+from bertpt.atomic import publish_dir, remove_stale_temps
 from bertpt.corpus import corpus_fingerprint, read_documents
 from bertpt.errors import UserError
 from bertpt.tokenizer import resolve_tokenizer, tokenizer_hash, tokenizer_json
@@ -317,13 +317,9 @@ def build_store(
 
     # Any key: a build killed before the corpus or the tokenizer changed left one as well.
     remove_stale_temps(cache, "store-*")
-    with temp_dir_beside(target) as tmp:
-        _build_into(tmp, source, tokenizer_dir, key, format, text_column, num_proc, batch_size)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished the same build first
-            if not (target / META_FILE).exists():
-                raise
+    with publish_dir(target) as pub:
+        _build_into(pub.tmp, source, tokenizer_dir, key, format, text_column, num_proc, batch_size)
+    # Ours, or the same build that another process published first (load checks it is whole).
     store = DocumentStore.load(target)
     if len(store) == 0:
         raise UserError(

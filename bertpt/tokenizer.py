@@ -21,13 +21,10 @@ the same files, byte for byte, on any machine (the BPE trainer is deterministic 
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from bertpt import bpe
+from bertpt.atomic import publish_dir
 from bertpt.corpus import Source, check_corpus, corpus_fingerprint, read_documents
 from bertpt.errors import UserError, exit_on_user_error
 from bertpt.wordpiece import count_words, train_vocab
@@ -270,20 +268,11 @@ def train_tokenizer(
             f"({vocab_size}) — use a larger corpus or ask for vocab_size <= {got}"
         )
 
-    # Write beside the target and swap in, so a crash never leaves half a tokenizer behind.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    save_tokenizer(tok, tmp, lowercase, kind=kind)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.chmod(0o755)  # mkdtemp makes it private; a shared folder is read by other users
-    if overwrite:
-        shutil.rmtree(out, ignore_errors=True)
-    try:
-        os.replace(tmp, out)
-    except OSError as e:  # another process (a second node on shared storage) finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
+    # Written beside the target and renamed into place: a crash never leaves half a tokenizer.
+    with publish_dir(out, replace=overwrite) as pub:
+        save_tokenizer(tok, pub.tmp, lowercase, kind=kind)
+        (pub.tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if not pub.published:  # another process (a second node on shared storage) finished first
         if _saved_meta(out) != meta:
             raise UserError(
                 f"{out} is not empty and holds no tokenizer of these settings — choose a new or "
