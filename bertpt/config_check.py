@@ -14,10 +14,8 @@ entries are constructor arguments of what they instantiate and are not checked h
 
 from __future__ import annotations
 
-import ast
 import difflib
 import functools
-import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bertpt.errors import UserError, exit_on_user_error
+from bertpt.lightning_compat import trainer_arguments
 from bertpt.run_folder import LAST
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -57,22 +56,6 @@ PRECISIONS += ("32", "16", "bf16", "64", "transformer-engine", "transformer-engi
 # --- the settings that exist --------------------------------------------------------------
 
 
-def _lightning_trainer_arguments() -> set[str]:
-    """The arguments of ``lightning.pytorch.Trainer.__init__``, from its source (importing
-    Lightning takes seconds; finding it does not import it)."""
-    spec = importlib.util.find_spec("lightning")
-    if spec is None or spec.origin is None:
-        return set()
-    source = Path(spec.origin).parent / "pytorch" / "trainer" / "trainer.py"
-    for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
-                    args = item.args.args + item.args.kwonlyargs
-                    return {a.arg for a in args} - {"self"}
-    return set()
-
-
 def _yaml_keys(path: Path) -> set[str]:
     return set(OmegaConf.load(path)) - {"defaults"}
 
@@ -84,7 +67,7 @@ def settings() -> dict[str, set[str]]:
     for group in OWN_GROUPS:
         for path in (CONF / group).glob("*.yaml"):
             known[group] |= _yaml_keys(path)
-    known["trainer"] |= _lightning_trainer_arguments()
+    known["trainer"] |= trainer_arguments()
     groups = {p.name for p in CONF.iterdir() if p.is_dir()}
     top = _yaml_keys(CONF / "train.yaml") | groups
     for patch in PATCH_GROUPS:

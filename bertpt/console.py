@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
-from bertpt.module import logs_this_step
+from bertpt.lightning_compat import logs_this_step
 
 # (message regex, why it says nothing to a bertpt user)
 IGNORED_WARNINGS = (
@@ -110,8 +110,8 @@ class RunProgressBar(TQDMProgressBar):
         pass  # one bar for the run, not one per epoch
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self._should_update(step, self.train_progress_bar.total):
+        step, total = trainer.global_step, self.train_progress_bar.total
+        if self.is_enabled and (step % self.refresh_rate == 0 or step == total):
             self.train_progress_bar.n = step
             # Metrics are read where Lightning logs them: reading them at other steps would make
             # the host wait for the GPU (bertpt.module sums them on the device in between).

@@ -14,8 +14,8 @@ Two differences from Lightning's strategy, both about running it for real:
   gathered full state is not "offloaded to the CPU" it is already on: torch frees the memory the
   gathered tensors still view, and the process crashes.
 
-Both fixes substitute a helper of Lightning's FSDP module for the length of one call, rather than
-copying the methods around it.
+Both fixes replace one step inside Lightning's methods (through bertpt.lightning_compat, where
+every use of Lightning's internals lives), rather than copying the methods around it.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
-import lightning.pytorch.strategies.fsdp as lightning_fsdp
 import torch
 from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
 from torch.distributed.fsdp import FullyShardedDataParallel
 
+from bertpt import lightning_compat
 from bertpt.model import BertLayer
 
 
@@ -65,18 +64,19 @@ def _full_state_dict_context(module: torch.nn.Module, world_size: int, rank0_onl
 @contextlib.contextmanager
 def _fixed_lightning_helpers() -> Iterator[None]:
     with (
-        mock.patch.object(lightning_fsdp, "_lazy_load", _mmap_load),
-        mock.patch.object(lightning_fsdp, "_get_full_state_dict_context", _full_state_dict_context),
+        lightning_compat.fsdp_reads_full_checkpoints_with(_mmap_load),
+        lightning_compat.fsdp_gathers_full_state_with(_full_state_dict_context),
     ):
         yield
 
 
-class FSDPStrategy(LightningFSDPStrategy):
+class FSDPStrategy(lightning_compat.FSDPWrapHook, LightningFSDPStrategy):
     """Lightning's FSDP, resuming from full checkpoints and running on CPU processes as well."""
 
-    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module | None:
+        """On CPU processes, FSDP given the device itself; elsewhere Lightning's wrapping."""
         if self.root_device.type != "cpu":
-            return super()._setup_model(model)
+            return None
         return FullyShardedDataParallel(
             module=model,
             cpu_offload=self.cpu_offload,

@@ -29,17 +29,11 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 from bertpt.config_check import skip_in_one_process
 from bertpt.data_report import format_report
 from bertpt.errors import UserError
+from bertpt.lightning_compat import logs_this_step, optimizer_unscales_in_step
 from bertpt.model import SPEED_FIELDS, BertConfig, BertForPreTraining, Packing
 from bertpt.optim import param_groups, warmup_linear_decay
 
 log = logging.getLogger(__name__)
-
-
-def logs_this_step(trainer: pl.Trainer) -> bool:
-    """Whether Lightning writes logged metrics at the current step (every
-    `log_every_n_steps`). bertpt reads device metrics only then, so the host never waits for
-    the GPU between log steps. The one place that reads Lightning's private flag for it."""
-    return trainer._logger_connector.should_update_logs
 
 
 class BertPretrainModule(pl.LightningModule):
@@ -77,7 +71,10 @@ class BertPretrainModule(pl.LightningModule):
         if self.model is not None:
             return
         cfg = self.hparams.model_config
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        try:
+            datamodule = self.trainer.datamodule
+        except RuntimeError:  # not attached to a Trainer (a model built on its own)
+            datamodule = None
         if datamodule is not None:
             cfg["vocab_size"] = datamodule.vocab_size
             # Checkpoints name the run's copy and its content hash (checked on resume/export).
@@ -227,7 +224,7 @@ class BertPretrainModule(pl.LightningModule):
         if not params:  # the step was skipped (on_nan=skip): nothing to clip or unscale
             return
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+        if scaler is not None and optimizer_unscales_in_step(optimizer):
             # fp16: Lightning leaves a fused optimizer to unscale in its step, after clipping
             # would have seen scaled gradients; unscaled here, the step does not unscale again.
             scaler.unscale_(optimizer)
