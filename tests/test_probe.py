@@ -229,3 +229,29 @@ def test_a_model_folder_that_is_not_there(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "nope")])
     assert "not found — give an exported model folder" in capsys.readouterr().err
+
+
+def test_a_split_padded_once_gives_each_texts_own_vector_in_the_splits_order():
+    """The validation probe pads its split once, in length-sorted batches: each row of the
+    result is still the vector of the text at that position, as if it were encoded alone."""
+    import numpy as np
+    import torch
+
+    from bertpt.model import BertConfig, BertForPreTraining
+    from bertpt.probe_linear import encode_batches, padded_batches
+
+    torch.manual_seed(0)
+    bert = BertForPreTraining(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=32, max_position_embeddings=32)
+    ).bert  # fmt: skip
+    rng = random.Random(0)
+    ids = [
+        [2] + [rng.randrange(5, 50) for _ in range(rng.randrange(1, 12))] + [3] for _ in range(9)
+    ]
+    types = [[0] * len(x) for x in ids]
+    batched = encode_batches(bert, padded_batches(ids, types, 0, batch_size=4), "mean")
+    alone = np.stack([encode_batches(bert, padded_batches([x], [t], 0), "mean")[0]
+                      for x, t in zip(ids, types, strict=True)])  # fmt: skip
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    assert len({len(x) for x in ids}) > 3  # the batches really were sorted and padded

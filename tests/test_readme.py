@@ -437,3 +437,20 @@ def test_readme_says_where_a_run_trains_its_tokenizer(tmp_path):
             "`make tokenizer` or `python -m bertpt.tokenizer ... --out data/tokenizer` writes, "
             "not `make train`"
         )
+
+
+def test_make_train_runs_the_command_the_readme_names():
+    """`make train`'s training command is the one the README says, and it composes to the run the
+    README measured: tiny at 5,000 steps with a 500-step warmup."""
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", "train", "TRAIN_RUN=RUN"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if "-m bertpt.train " in x)
+    args = line.split("-m bertpt.train ", 1)[1].split()
+    said = re.search(r"`make train` runs `python -m bertpt.train ([^`]*)`", "\n".join(LINES))
+    assert said, "the README no longer says which command make train runs"
+    assert [a for a in args if not a.startswith("hydra.")] == said.group(1).split(), line
+    cfg = compose_train(args)
+    assert (cfg.model.num_hidden_layers, cfg.model.hidden_size) == (2, 128)
+    assert (cfg.optim.max_steps, cfg.optim.warmup_steps) == (5000, 500)
