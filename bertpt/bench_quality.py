@@ -36,9 +36,10 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from bertpt.checkpoint import read_checkpoint
 from bertpt.console import quiet_dependencies
 from bertpt.corpus import build_default_corpus, read_documents
-from bertpt.export import load_bertpt_checkpoint, model_from_module_state
+from bertpt.export import checkpoint_model
 from bertpt.history import metric_series
 from bertpt.model import BertConfig, BertForPreTraining
 from bertpt.probe_callback import MAX_LENGTH
@@ -304,9 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"  {'step':>6}  {'':<13} {'val MLM acc':>11} {'NSP acc':>8} {'probe acc':>9}")
     for step in eval_steps:
-        ckpt = load_bertpt_checkpoint(run / "checkpoints" / f"step{step:07d}.ckpt")
-        model_config = ckpt["hyper_parameters"]["model_config"]
-        model = model_from_module_state(ckpt["state_dict"], model_config, str(run))
+        model = checkpoint_model(read_checkpoint(run / "checkpoints" / f"step{step:07d}.ckpt"))
         config = model.config.to_dict()
         peer_state, _ = peer[step]
         rows = {

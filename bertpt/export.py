@@ -5,8 +5,7 @@
 
 SOURCE is one of:
   * a run folder holding `checkpoints/last.ckpt`;
-  * a Lightning checkpoint `.ckpt`: its `state_dict` holds the model under the prefix `model.` and
-    `hyper_parameters["model_config"]` the BertConfig fields. It is loaded as data only
+  * a Lightning checkpoint `.ckpt` that a bertpt run wrote, loaded as data only
     (`torch.load(weights_only=True)`): a file that would run code is refused;
   * a state dict (`.safetensors`, `.pt`, `.bin`, loaded as tensors only) with `config.json` beside
     it or given by `--config` (bertpt's fields or a Hugging Face BERT config.json).
@@ -30,22 +29,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bertpt.checkpoint import Checkpoint, bert_config, model_weights, read_checkpoint
 from bertpt.errors import UserError, exit_on_user_error
-from bertpt.hf import (
-    check_out_dir,
-    config_from_hf_dict,
-    load_checkpoint_file,
-    load_into,
-    read_state_dict,
-    to_hf,
-)
+from bertpt.hf import check_out_dir, config_from_hf_dict, load_into, read_state_dict, to_hf
 from bertpt.model import BertConfig, BertForPreTraining
 from bertpt.run_folder import LAST
 from bertpt.tokenizer import check_tokenizer_hash
 
 log = logging.getLogger(__name__)
-
-MODEL_PREFIX = "model."  # attribute name of the BertForPreTraining in the LightningModule
 
 
 def _config_from_json(path: Path) -> BertConfig:
@@ -61,60 +52,28 @@ def _config_from_json(path: Path) -> BertConfig:
         raise UserError(f"{path}: {e} — pass the model's config.json with --config") from e
 
 
+def _model(config: BertConfig, weights: Mapping[str, Any], source: str) -> BertForPreTraining:
+    model = BertForPreTraining(config)
+    load_into(model, weights, source)
+    return model
+
+
 def model_from_module_state(
     state_dict: Mapping[str, Any], model_config: Mapping[str, Any], source: str
 ) -> BertForPreTraining:
     """The BertForPreTraining held in a BertPretrainModule's state dict (keys ``model.*``),
     built from the module's ``model_config`` hyper-parameter. Raises UserError."""
-    model_config = {k: v for k, v in model_config.items() if k != "init_from"}
-    try:
-        config = BertConfig.from_dict(model_config)
-    except (TypeError, ValueError) as e:
-        raise UserError(
-            f"{source}: hyper_parameters['model_config'] does not fit this bertpt ({e}) — export "
-            "it with the bertpt version that wrote it"
-        ) from e
-    model = BertForPreTraining(config)
-    # torch.compile wraps the model as `_orig_mod`; the weights are the same.
-    sd = {
-        k[len(MODEL_PREFIX) :].replace("_orig_mod.", ""): v
-        for k, v in state_dict.items()
-        if k.startswith(MODEL_PREFIX)
-    }
-    if not sd:
-        raise UserError(
-            f"{source}: no key in state_dict starts with {MODEL_PREFIX!r} — not a bertpt "
-            "checkpoint: pass a .ckpt from a bertpt run"
-        )
-    load_into(model, sd, source)
-    return model
+    return _model(bert_config(model_config, source), model_weights(state_dict, source), source)
 
 
-def load_bertpt_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint that a bertpt run wrote, loaded as data only; a UserError for anything else
-    (it needs ``state_dict``, ``global_step`` and ``hyper_parameters['model_config']``)."""
-    ckpt = load_checkpoint_file(path)
-    hparams = ckpt.get("hyper_parameters") or {}
-    if not {"state_dict", "global_step"} <= set(ckpt) or "model_config" not in hparams:
-        raise UserError(
-            f"{path} is not a bertpt Lightning checkpoint (it lacks state_dict, global_step or "
-            "hyper_parameters['model_config']) — pass a .ckpt that a bertpt run wrote"
-        )
-    return ckpt
-
-
-def _load_ckpt(path: Path) -> tuple[BertForPreTraining, dict[str, Any]]:
-    """The model of a bertpt Lightning checkpoint, and its `hyper_parameters` + `global_step`."""
-    ckpt = load_bertpt_checkpoint(path)
-    hparams = ckpt["hyper_parameters"]
-    model = model_from_module_state(ckpt["state_dict"], hparams["model_config"], str(path))
-    return model, {**hparams, "global_step": ckpt.get("global_step")}
+def checkpoint_model(ckpt: Checkpoint) -> BertForPreTraining:
+    """The BertForPreTraining of a checkpoint that a bertpt run wrote. Raises UserError."""
+    return _model(ckpt.config, ckpt.state_dict, str(ckpt.path))
 
 
 def _load_state_dict(path: Path, config_path: str | Path | None) -> BertForPreTraining:
-    model = BertForPreTraining(_config_from_json(Path(config_path or path.parent / "config.json")))
-    load_into(model, read_state_dict(path), str(path))
-    return model
+    config = _config_from_json(Path(config_path or path.parent / "config.json"))
+    return _model(config, read_state_dict(path), str(path))
 
 
 def run_folder_of(source: Path) -> Path | None:
@@ -135,8 +94,6 @@ def _find_tokenizer(
     if run is not None and (run / "tokenizer").is_dir():
         return run / "tokenizer"
     if recorded and Path(recorded).is_dir():
-        # Relative in checkpoints written before runs kept a copy: it names a folder only
-        # when exporting from the folder training ran in.
         log.info("tokenizer: %s, recorded in the checkpoint", Path(recorded).resolve())
         return Path(recorded).resolve()
     looked = [str(p) for p in (run and run / "tokenizer", recorded) if p]
@@ -173,22 +130,23 @@ def export(
         )
     check_out_dir(out, overwrite)  # before the long work of loading
     if source.suffix == ".ckpt":
-        model, hparams = _load_ckpt(source)
+        ckpt = read_checkpoint(source)
+        model = checkpoint_model(ckpt)
+        step, recorded_dir, recorded_hash = ckpt.step, ckpt.tokenizer_dir, ckpt.tokenizer_hash
     else:
-        model, hparams = _load_state_dict(source, config_path), {}
+        model = _load_state_dict(source, config_path)
+        step = recorded_dir = recorded_hash = None
 
     tokenizer = None
     if not no_tokenizer:
-        tokenizer = _find_tokenizer(source, tokenizer_dir, run, hparams.get("tokenizer_dir"))
-        if hparams.get("tokenizer_hash"):
+        tokenizer = _find_tokenizer(source, tokenizer_dir, run, recorded_dir)
+        if recorded_hash:
             fix = (
                 "pass that tokenizer with --tokenizer DIR, or --allow-tokenizer-mismatch to "
                 "export with this one anyway"
             )
-            check_tokenizer_hash(
-                tokenizer, hparams["tokenizer_hash"], fix, allow_tokenizer_mismatch
-            )
-    info = {"source": str(source.resolve()), "global_step": hparams.get("global_step")}
+            check_tokenizer_hash(tokenizer, recorded_hash, fix, allow_tokenizer_mismatch)
+    info = {"source": str(source.resolve()), "global_step": step}
     return to_hf(model, out, tokenizer, info=info, overwrite=overwrite)
 
 

@@ -17,10 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pickle
-import re
-import shutil
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,21 +26,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bertpt.atomic import publish_dir
+from bertpt.checkpoint import error_reason, load_torch_file
 from bertpt.errors import UserError
 from bertpt.model import SPEED_FIELDS, BertConfig, BertForPreTraining
-from bertpt.tokenizer import tokenizer_hash
+from bertpt.tokenizer import copy_tokenizer, tokenizer_hash
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "vocab.txt",
-    "vocab.json",  # byte-level BPE (RoBERTa): vocab.json + merges.txt
-    "merges.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
 # Parameters that a BertModel or BertForMaskedLM folder may lack; everything else must be there.
 HEAD_PREFIXES = ("bert.pooler.", "cls.")
 # What a folder may hold that a RoBERTa model has no use for: RobertaModel saves a pooler.
@@ -121,55 +110,6 @@ def _rename(sd: Mapping[str, torch.Tensor], prefixes: Mapping[str, str]) -> dict
     return out
 
 
-def _reason(e: BaseException) -> str:
-    """The exception's type and first line, for a one-line message."""
-    lines = str(e).strip().splitlines()
-    # torch's weights-only text advises weights_only=False: no fix for a broken file.
-    if not lines or isinstance(e, pickle.UnpicklingError):
-        return type(e).__name__
-    return f"{type(e).__name__}: {lines[0]}"
-
-
-def _torch_load(path: Path) -> Any:
-    """``torch.load`` that never runs code from the file (``weights_only``); a zip checkpoint is
-    memory-mapped, so tensors that the caller drops (optimizer state) are never read."""
-    try:
-        return torch.load(
-            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
-        )
-    except Exception as e:  # a truncated or foreign file fails in many ways inside pickle
-        refused = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if isinstance(e, pickle.UnpicklingError) and refused:
-            raise UserError(
-                f"{path} holds the Python object {refused.group(1)}, not only tensors and plain "
-                "data, and bertpt never runs code from a checkpoint — export a checkpoint that "
-                "bertpt wrote, or, if you trust this file, save its state_dict alone with "
-                "torch.save and export that"
-            ) from e
-        raise UserError(
-            f"{path} cannot be read ({_reason(e)}) — it is truncated or not a torch "
-            "checkpoint: copy it again or use another checkpoint"
-        ) from e
-
-
-def load_checkpoint_file(path: str | Path) -> dict:
-    """The dict that ``torch.save`` wrote at ``path``, loaded without running code from it.
-
-    Raises :class:`UserError` (one line naming the file) when the file is missing, truncated,
-    not a torch checkpoint, not a dict, or holds Python objects beyond tensors and plain data.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found — check the path")
-    ckpt = _torch_load(path)
-    if not isinstance(ckpt, dict):
-        raise UserError(
-            f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict — pass a .ckpt "
-            "that bertpt wrote"
-        )
-    return ckpt
-
-
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a `.safetensors`, a `.safetensors.index.json` (shards) or a torch `.bin`/`.pt`."""
     path = Path(path)
@@ -181,10 +121,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(path)
     except (OSError, SafetensorError, KeyError, ValueError) as e:
         raise UserError(
-            f"{path} cannot be read as weights ({_reason(e)}) — it is truncated or not a "
+            f"{path} cannot be read as weights ({error_reason(e)}) — it is truncated or not a "
             "weights file: copy it again"
         ) from e
-    sd = _torch_load(path)
+    sd = load_torch_file(path)
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserError(
             f"{path} holds a {type(sd).__name__}, not a dict of tensors — pass a state dict"
@@ -285,20 +225,6 @@ def from_hf(path: str | Path, allow_unexpected: bool = False) -> BertForPreTrain
     model = BertForPreTraining(config)
     load_into(model, read_state_dict(weights), str(weights), allow_unexpected)
     return model
-
-
-def copy_tokenizer(tokenizer_dir: str | Path, out_dir: str | Path) -> list[str]:
-    """Copy whichever of the tokenizer files exist; at least one must."""
-    tokenizer_dir = Path(tokenizer_dir)
-    found = [f for f in TOKENIZER_FILES if (tokenizer_dir / f).is_file()]
-    if not found:
-        raise UserError(
-            f"{tokenizer_dir} holds none of the tokenizer files {list(TOKENIZER_FILES)} — "
-            "pass the tokenizer folder the model was trained with"
-        )
-    for f in found:
-        shutil.copyfile(tokenizer_dir / f, Path(out_dir) / f)
-    return found
 
 
 def check_out_dir(out: str | Path, overwrite: bool = False) -> None:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bertpt.checkpoint import read_checkpoint
 from bertpt.errors import UserError
-from bertpt.export import load_bertpt_checkpoint, run_folder_of
+from bertpt.export import run_folder_of
 from bertpt.hf import read_state_dict, weights_file
 from bertpt.model import SPEED_FIELDS
 from bertpt.tokenizer import check_tokenizer_hash, load_tokenizer
@@ -26,18 +27,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Resume:
-    """The checkpoint a run resumes from."""
+    """The checkpoint a run resumes from. Not its weights: Lightning loads those, and holding
+    their memory map would keep a replaced ``last.ckpt`` on disk for the whole run."""
 
     path: Path
     step: int
-    hparams: dict[str, Any]
+    tokenizer_hash: str | None
 
 
 def read_resume(path: Path, model_config: dict[str, Any]) -> Resume:
     """Read the checkpoint and check that this run's model settings are the ones it trained."""
-    ckpt = load_bertpt_checkpoint(path)
-    hparams = ckpt["hyper_parameters"]
-    trained = hparams["model_config"]
+    ckpt = read_checkpoint(path)
+    trained = ckpt.model_config
     # The vocabulary is the tokenizer's; speed settings may change between the legs of a run.
     ignore = {"vocab_size", "init_from", *SPEED_FIELDS}
     differ = [
@@ -50,7 +51,7 @@ def read_resume(path: Path, model_config: dict[str, Any]) -> Resume:
             f"{path} was trained with {', '.join(differ)} — resume with the checkpoint's model "
             "settings"
         )
-    return Resume(path, int(ckpt["global_step"]), hparams)
+    return Resume(path, ckpt.step, ckpt.tokenizer_hash)
 
 
 def vocabulary(folder: Path) -> list[str]:
@@ -67,7 +68,7 @@ def _resume_tokenizer(resume: Resume, path: str | None, allow_mismatch: bool) ->
     run = run_folder_of(resume.path)
     own = run / "tokenizer" if run is not None else None
     chosen = path or (str(own) if own is not None and (own / "tokenizer.json").is_file() else None)
-    recorded = resume.hparams.get("tokenizer_hash")
+    recorded = resume.tokenizer_hash
     if chosen is not None and recorded:
         fix = "drop tokenizer.path to use the run's own copy" if path else "restore that copy"
         check_tokenizer_hash(

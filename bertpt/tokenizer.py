@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,16 @@ ROLES = {
 # Below this share of the asked vocabulary the corpus is too small for the tokenizer it asks for.
 MIN_VOCAB_SHARE = 0.8
 META_FILE = "bertpt_tokenizer.json"
+# The files of a tokenizer folder that transformers reads (a WordPiece folder has vocab.txt, a
+# byte-level BPE one vocab.json + merges.txt), copied into a run folder and into an export.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def build_tokenizer(lowercase: bool = True) -> Tokenizer:
@@ -244,9 +255,8 @@ def train_tokenizer(
         "lowercase": lowercase,
         "min_frequency": min_frequency,
         "limit_alphabet": limit_alphabet,
+        "kind": kind,
     }
-    if kind != "wordpiece":  # WordPiece folders trained before kinds existed stay reusable
-        meta["kind"] = kind
     if (out / "tokenizer.json").exists() and not overwrite:
         old = _saved_meta(out)
         if old == meta:
@@ -254,7 +264,7 @@ def train_tokenizer(
             return out
         raise UserError(
             f"{out} already holds a different tokenizer (trained with {old or 'unknown settings'})"
-            " — pass overwrite=True (--overwrite) or choose another folder"
+            " — train it again with overwrite=True (--overwrite), or choose another folder"
         )
 
     sentences = corpus_sentences(files, format, text_column)
@@ -336,6 +346,20 @@ def tokenizer_hash(path: str | os.PathLike) -> str:
     Checkpoints and exports store it to detect a mismatched tokenizer; training is
     deterministic, so retraining on the same corpus and settings gives the same hash."""
     return hashlib.sha256(tokenizer_json(path).read_bytes()).hexdigest()
+
+
+def copy_tokenizer(tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[str]:
+    """Copy whichever of :data:`TOKENIZER_FILES` exist into ``out_dir``; at least one must."""
+    tokenizer_dir = Path(tokenizer_dir)
+    found = [f for f in TOKENIZER_FILES if (tokenizer_dir / f).is_file()]
+    if not found:
+        raise UserError(
+            f"{tokenizer_dir} holds none of the tokenizer files {list(TOKENIZER_FILES)} — "
+            "pass the tokenizer folder the model was trained with"
+        )
+    for f in found:
+        shutil.copyfile(tokenizer_dir / f, Path(out_dir) / f)
+    return found
 
 
 def check_tokenizer_hash(folder: str | os.PathLike, expected: str, fix: str, allow: bool) -> None:

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import bertpt.checkpoint as ckpt_mod
-from bertpt.checkpoint import AtomicCheckpointIO, atomic_torch_save
+from bertpt.checkpoint import AtomicCheckpointIO, atomic_torch_save, read_checkpoint
 from bertpt.errors import UserError
+from bertpt.model import BertConfig
 
 WRITER = """
 import sys, torch
@@ -89,3 +90,35 @@ def test_checkpoint_gets_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "a.ckpt").stat().st_mode & 0o777 == 0o644
+
+
+def test_read_checkpoint(tmp_path):
+    """What BertPretrainModule's checkpoint holds comes back as a Checkpoint, the model's weights
+    without the module's `model.` prefix and without the module's other state."""
+    config = BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16)  # fmt: skip
+    ckpt = {
+        "state_dict": {"model.bert.w": torch.ones(2), "train_acc.total": torch.tensor(3.0)},
+        "global_step": 7,
+        "optimizer_states": [{"state": {0: torch.zeros(2)}}],
+        "hyper_parameters": {
+            "model_config": config.to_dict(),
+            "optim": {"lr": 1e-3},
+            "tokenizer_dir": "/runs/a/tokenizer",
+            "tokenizer_hash": "ab" * 32,
+        },
+    }
+    atomic_torch_save(ckpt, tmp_path / "last.ckpt")
+    got = read_checkpoint(tmp_path / "last.ckpt")
+    assert (got.path, got.step) == (tmp_path / "last.ckpt", 7)
+    assert list(got.state_dict) == ["bert.w"]
+    assert torch.equal(got.state_dict["bert.w"], torch.ones(2))
+    assert got.config == config
+    assert (got.tokenizer_dir, got.tokenizer_hash) == ("/runs/a/tokenizer", "ab" * 32)
+
+    del ckpt["hyper_parameters"]["tokenizer_dir"]
+    atomic_torch_save(ckpt, tmp_path / "old.ckpt")
+    with pytest.raises(UserError, match=r"old\.ckpt .* lacks hyper_parameters\['tokenizer_dir'\]"):
+        read_checkpoint(tmp_path / "old.ckpt")
+    with pytest.raises(UserError, match="not found"):
+        read_checkpoint(tmp_path / "none.ckpt")

@@ -56,11 +56,12 @@ def write_ckpt(path, model, tokenizer_dir=None, tokenizer_hash=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     state["train_acc.total"] = torch.tensor(3.0)  # other module state is ignored
-    hparams = {"model_config": model.config.to_dict() | {"init_from": None}, "lr": 1e-4}
-    if tokenizer_dir is not None:
-        hparams["tokenizer_dir"] = str(tokenizer_dir)
-    if tokenizer_hash is not None:
-        hparams["tokenizer_hash"] = tokenizer_hash
+    hparams = {
+        "model_config": model.config.to_dict() | {"init_from": None},
+        "lr": 1e-4,
+        "tokenizer_dir": None if tokenizer_dir is None else str(tokenizer_dir),
+        "tokenizer_hash": tokenizer_hash,
+    }
     ckpt = {"state_dict": state, "hyper_parameters": hparams, "epoch": 1, "global_step": 10}
     torch.save(ckpt, path)
 
@@ -185,6 +186,12 @@ def _other_prefix(path, good):
     torch.save(ckpt, path)
 
 
+def _no_tokenizer_record(path, good):
+    ckpt = torch.load(good, weights_only=True)
+    del ckpt["hyper_parameters"]["tokenizer_hash"]
+    torch.save(ckpt, path)
+
+
 def _newer_config(path, good):
     ckpt = torch.load(good, weights_only=True)
     ckpt["hyper_parameters"]["model_config"]["rotary_base"] = 10_000
@@ -198,6 +205,7 @@ def _newer_config(path, good):
         (_text, "truncated or not a torch checkpoint"),
         (_list, "holds a list, not a checkpoint dict"),
         (_foreign_dict, "not a bertpt Lightning checkpoint"),
+        (_no_tokenizer_record, r"lacks hyper_parameters\['tokenizer_hash'\]\) — .*earlier bertpt"),
         (_other_prefix, "no key in state_dict starts with 'model.'"),
         (_newer_config, r"model_config'\] does not fit .*rotary_base"),
     ],
@@ -273,7 +281,7 @@ def test_tokenizer_from_the_run_folder_whatever_the_working_directory(
     tmp_path, model, tokenizer, monkeypatch
 ):
     run = tmp_path / "run"
-    # What older runs recorded: a path relative to the folder training ran in.
+    # A recorded path that names no folder from here: the run's own copy is used.
     write_ckpt(run / "checkpoints" / "step=10.ckpt", model, tokenizer_dir="data/tokenizers/t")
     tokenizer.rename(run / "tokenizer")
     (tmp_path / "elsewhere").mkdir()

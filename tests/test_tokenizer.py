@@ -18,6 +18,7 @@ from bertpt.errors import UserError
 from bertpt.tokenizer import (
     SPECIAL_TOKENS,
     build_tokenizer,
+    copy_tokenizer,
     corpus_sentences,
     load_tokenizer,
     main,
@@ -95,6 +96,7 @@ def test_reuse_and_refuse_different(default_corpus, tokenizer_dir, tmp_path):
         == tokenizer_dir
     )
     assert (tokenizer_dir / "tokenizer.json").stat().st_mtime_ns == before  # reused, not retrained
+    assert json.loads((tokenizer_dir / "bertpt_tokenizer.json").read_text())["kind"] == "wordpiece"
     with pytest.raises(UserError, match=r"already holds a different tokenizer.*overwrite"):
         train_tokenizer(default_corpus, tokenizer_dir, vocab_size=1000, show_progress=False)
     copy = tmp_path / "t"
@@ -270,6 +272,16 @@ def test_tokenizer_hash(tokenizer_dir, tmp_path):
     copy.mkdir()
     (copy / "tokenizer.json").write_bytes(file.read_bytes().replace(b"[MASK]", b"[MASX]"))
     assert tokenizer_hash(copy) != expected
+
+
+def test_copy_tokenizer_copies_the_files_there_are(tokenizer_dir, tmp_path):
+    copied = copy_tokenizer(tokenizer_dir, tmp_path)
+    assert "tokenizer.json" in copied and "vocab.txt" in copied and "vocab.json" not in copied
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(copied)
+    assert tokenizer_hash(tmp_path) == tokenizer_hash(tokenizer_dir)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds none of the tokenizer files"):
+        copy_tokenizer(tmp_path / "empty", tmp_path)
 
 
 def test_bench_tokenizer(default_corpus, tmp_path, capsys):
