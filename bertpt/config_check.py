@@ -5,7 +5,9 @@ Two layers. :func:`check_overrides` reads the command line before Hydra composes
 mistyped key gets the nearest real keys instead of Hydra's hint to add it with ``+``.
 :func:`check_config` checks the composed config: ranges, paths, what must divide what, and the
 values that one group owns and another only follows (the run length is ``optim.max_steps``).
-Each mistake is one :class:`~bertpt.errors.UserError`, ``<what> — <fix>``.
+Each mistake is one :class:`~bertpt.errors.UserError`, ``<what> — <fix>``. The model's own rules
+are ``bertpt.model_rules`` (BertConfig applies the same), the batch, ``on_nan`` and ``ckpt_path``
+rules that the run applies again once the Trainer exists are ``bertpt.run_rules``.
 
 The settings are the keys of the YAML files in ``conf/`` (for ``trainer``, also the arguments of
 Lightning's ``Trainer``, read from its source without importing it); ``callbacks`` and ``logger``
@@ -25,7 +27,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bertpt.errors import UserError, exit_on_user_error
 from bertpt.lightning_compat import trainer_arguments
-from bertpt.run_folder import LAST
+
+# Re-exported: the names this check accepts, which tests compare with bertpt.model's.
+from bertpt.model_rules import check_model, position_offset
+from bertpt.run_rules import checkpoint_path, per_device_batch_size, skip_in_one_process
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 # Groups whose keys bertpt reads itself; `trainer` adds Lightning's Trainer arguments.
@@ -39,10 +44,6 @@ OWNERS = {
     "trainer.max_steps": "optim.max_steps",
     "model.vocab_size": "tokenizer.vocab_size",
 }
-# bertpt.model.ACTIVATIONS, named without importing torch (tests/test_model.py keeps them equal).
-ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
-# bertpt.model.MODEL_TYPES: the one encoder as BERT (pooler, next-sentence head) or as RoBERTa.
-MODEL_TYPES = ("bert", "roberta")
 # data.objective: those that train on sentence pairs with a next-sentence (or order) head, and
 # RoBERTa's MLM-only packed sentences (bertpt.packing.CROSS_DOCUMENTS).
 PAIR_OBJECTIVES = ("nsp", "sop")
@@ -237,51 +238,30 @@ def _check_optim(cfg: DictConfig) -> None:
 
 
 def _check_model(cfg: DictConfig) -> None:
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-        _positive_int(cfg, f"model.{key}")
-    hidden, heads = _get(cfg, "model.hidden_size"), _get(cfg, "model.num_attention_heads")
-    _require(
-        hidden % heads == 0,
-        f"model.hidden_size={hidden} is not divisible by model.num_attention_heads={heads}",
-        f"pick a head count that divides {hidden} (e.g. {hidden // 64 or 1}) or another size",
-    )
-    act = _get(cfg, "model.hidden_act")
-    _require(
-        act in ACTIVATIONS, f"model.hidden_act={act!r}", f"use one of {', '.join(ACTIVATIONS)}"
-    )
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-        _in_range(cfg, f"model.{key}", 0.0, 1.0, closed_high=False)
-    unpad = _get(cfg, "model.unpad")
-    _require(
-        unpad in (True, False, "auto"),
-        f"model.unpad={unpad!r}",
-        "use model.unpad=auto (unpadded on a GPU), true or false",
-    )
-    pairs = _get(cfg, "data.objective") in PAIR_OBJECTIVES
-    _positive_int(cfg, "model.type_vocab_size", minimum=2 if pairs else 1)  # segments A and B
+    """The model group, by the rules BertConfig applies to it (bertpt.model_rules)."""
+    # model.vocab_size follows tokenizer.vocab_size: a bad size is named by its owner
+    _positive_int(cfg, "tokenizer.vocab_size", minimum=64)
+    model = _get(cfg, "model")
+    fields = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else {}
+    check_model(fields, named="model.{name}={value!r}")
+
+
+def _check_model_fits_data(cfg: DictConfig) -> None:
+    """What the data asks of the model: segment embeddings for pairs, positions for the
+    sequence."""
+    if _get(cfg, "data.objective") in PAIR_OBJECTIVES:
+        _positive_int(cfg, "model.type_vocab_size", minimum=2)  # segments A and B
     positions = _positive_int(cfg, "model.max_position_embeddings")
     seq = _positive_int(cfg, "data.max_seq_length", minimum=8)
     pad = _positive_int(cfg, "model.pad_token_id", minimum=0)
-    # RoBERTa numbers positions from pad_token_id + 1 (514 embeddings for 512 tokens)
-    offset = pad + 1 if _get(cfg, "model.model_type") == "roberta" else 0
+    offset = position_offset(_get(cfg, "model.model_type"), pad)
     _require(
         seq + offset <= positions,
         f"data.max_seq_length={seq} exceeds model.max_position_embeddings={positions}"
         + (f" - {offset} (RoBERTa's positions start at pad_token_id + 1)" if offset else ""),
         "lower data.max_seq_length or raise model.max_position_embeddings",
     )
-    _positive_int(cfg, "tokenizer.vocab_size", minimum=64)
     _positive_int(cfg, "tokenizer.min_frequency")
-
-
-def skip_in_one_process(world: int) -> None:
-    """on_nan=skip needs one process: Lightning cannot skip a step in distributed training (a
-    training_step that returns None raises there)."""
-    _require(
-        world == 1,
-        f"on_nan=skip works in one process only, and this run has {world}",
-        "use on_nan=stop (the default) and resume from the last checkpoint with a lower optim.lr",
-    )
 
 
 def _check_data(cfg: DictConfig) -> None:
@@ -355,12 +335,6 @@ def _model_type(cfg: DictConfig) -> tuple[str, str]:
 def _check_objective(cfg: DictConfig) -> None:
     """Pairs train a next-sentence head that only BERT has; RoBERTa's packed sentences train
     none, and a BERT's head would sit untrained (DDP refuses parameters without gradients)."""
-    own = _get(cfg, "model.model_type") or "bert"
-    _require(
-        own in MODEL_TYPES,
-        f"model.model_type={own!r} is not an option",
-        f"use one of {', '.join(MODEL_TYPES)}",
-    )
     objective = _get(cfg, "data.objective")
     model_type, source = _model_type(cfg)
     if objective not in PAIR_OBJECTIVES + MLM_OBJECTIVES:
@@ -407,41 +381,15 @@ def _check_paths(cfg: DictConfig, run_dir: Path | None) -> None:
         checkpoint_path(ckpt, run_dir)
 
 
-def checkpoint_path(ckpt_path: str, run_dir: Path) -> Path:
-    """The file ``ckpt_path`` names: ``last`` is this run's last.ckpt, a run folder its
-    last.ckpt, anything else a file. Raises UserError if there is none."""
-    path = run_dir / LAST if ckpt_path == "last" else Path(ckpt_path)
-    if path.is_dir():
-        path = path / LAST
-    fix = (
-        "ckpt_path=last resumes the run in hydra.run.dir: set hydra.run.dir=<that run's folder>"
-        if ckpt_path == "last"
-        else "give a .ckpt file or a run folder"
-    )
-    _require(path.is_file(), f"ckpt_path={ckpt_path}: no checkpoint at {path}", fix)
-    return path
-
-
-def per_device_batch_size(global_batch: int, world: int, accumulation: int) -> int:
-    """``global / (devices x nodes x accumulation)``, which must divide exactly."""
-    denom = world * accumulation
-    _require(
-        global_batch % denom == 0 and global_batch >= denom,
-        f"data.global_batch_size={global_batch} is not divisible by devices x nodes x "
-        f"accumulate_grad_batches ({world} x {accumulation} = {denom})",
-        f"pick a multiple of {denom}, e.g. {max(denom, math.ceil(global_batch / denom) * denom)}",
-    )
-    return global_batch // denom
-
-
 def check_config(cfg: DictConfig, run_dir: Path | None) -> None:
     """Raise UserError for the first mistake in a composed config; ``run_dir`` is the run's
     folder (None in a sweep's base config, where ``ckpt_path=last`` is not checked)."""
     _check_unknown_keys(cfg)
     _check_run_length(cfg)
     _check_optim(cfg)
-    _check_objective(cfg)
     _check_model(cfg)
+    _check_objective(cfg)
+    _check_model_fits_data(cfg)
     _check_data(cfg)
     _check_tokenizer(cfg)
     _check_paths(cfg, run_dir)

@@ -19,15 +19,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bertpt.collator import MaskingCollator
-from bertpt.config_check import per_device_batch_size
 from bertpt.corpus import build_default_corpus, check_corpus, corpus_fingerprint
 from bertpt.data_report import check_data, data_report
 from bertpt.errors import UserError
-from bertpt.hf import copy_tokenizer
 from bertpt.packing import CROSS_DOCUMENTS, PackedSentences
 from bertpt.pairs import NSPPairDataset
+from bertpt.run_rules import per_device_batch_size
 from bertpt.store import DocumentStore, build_store
-from bertpt.tokenizer import load_tokenizer, special_token_ids, tokenizer_hash, train_tokenizer
+from bertpt.tokenizer import (
+    copy_tokenizer,
+    load_tokenizer,
+    special_token_ids,
+    tokenizer_hash,
+    train_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@
 Module and parameter names follow Hugging Face `transformers` (`modeling_bert.py`) so that
 `BertForPreTraining.state_dict()` has exactly the keys of `transformers.BertForPreTraining` and a
 checkpoint maps across without a single rename. What HF carries for other uses (cross-attention,
-KV cache, head masks, attention outputs) is left out. Imports torch and the standard library only.
+KV cache, head masks, attention outputs) is left out. Imports torch, the standard library and
+``bertpt.model_rules`` (BertConfig's validation, shared with the config check) only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-# HF's ACT2FN names; "gelu" is the exact erf GELU, "gelu_new" the tanh approximation (GPT-2's).
+# BertConfig's rules, shared with the config check (torch-free).
+from bertpt.model_rules import check_model, position_offset
+
+# HF's ACT2FN names, those of bertpt.model_rules.ACTIVATIONS, which BertConfig accepts; "gelu" is
+# the exact erf GELU, "gelu_new" the tanh approximation (GPT-2's).
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
     "gelu_new": partial(F.gelu, approximate="tanh"),
@@ -29,7 +34,6 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 IGNORE_INDEX = -100  # label of a position that is not predicted (HF and PyTorch convention)
-MODEL_TYPES = ("bert", "roberta")  # HF's model_type of each variant of the one encoder
 # BertConfig fields that change only the speed: not written to a HF config.json.
 SPEED_FIELDS = ("gradient_checkpointing", "unpad")
 
@@ -149,40 +153,7 @@ class BertConfig:
     unpad: bool | str = "auto"
 
     def __post_init__(self) -> None:
-        sizes = (
-            "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size "
-            "max_position_embeddings type_vocab_size"
-        )
-        for name in sizes.split():
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} ({getattr(self, name)}) must be a positive integer")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
-                f"({self.num_attention_heads}): pick a hidden_size that is a multiple of "
-                "num_attention_heads"
-            )
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(
-                f"hidden_act ({self.hidden_act!r}) is not supported: "
-                f"use one of {sorted(ACTIVATIONS)}"
-            )
-        if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type ({self.model_type!r}) must be one of {MODEL_TYPES}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} ({getattr(self, name)}) must be in [0, 1)")
-        if self.initializer_range <= 0 or self.layer_norm_eps <= 0:
-            raise ValueError(
-                f"initializer_range ({self.initializer_range}) and layer_norm_eps "
-                f"({self.layer_norm_eps}) must be positive"
-            )
-        if self.unpad not in (True, False, "auto"):
-            raise ValueError(f"unpad ({self.unpad!r}) must be true, false or auto")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(
-                f"pad_token_id ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})"
-            )
+        check_model(vars(self))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BertConfig:
@@ -200,7 +171,7 @@ class BertConfig:
     @property
     def position_offset(self) -> int:
         """The position id of a sequence's first token: 0, or RoBERTa's pad_token_id + 1."""
-        return self.pad_token_id + 1 if self.model_type == "roberta" else 0
+        return position_offset(self.model_type, self.pad_token_id)
 
     @property
     def nsp_head(self) -> bool:

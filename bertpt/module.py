@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch.distributed.fsdp import FullyShardedDataParallel
 
-from bertpt.config_check import skip_in_one_process
 from bertpt.data_report import format_report
 from bertpt.errors import UserError
 from bertpt.lightning_compat import logs_this_step, optimizer_unscales_in_step
 from bertpt.model import SPEED_FIELDS, BertConfig, BertForPreTraining, Packing
 from bertpt.optim import param_groups, warmup_linear_decay
+from bertpt.run_rules import skip_in_one_process
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,8 @@ MISTAKES = [
     ("invalid utf-8 corpus", ["data.corpus={tmp}/latin.txt"], "latin.txt"),
     ("one-document corpus", ["data.corpus={tmp}/one_doc.txt"], "one_doc.txt"),
     ("heads do not divide hidden", ["model.num_attention_heads=5"], "num_attention_heads=5"),
+    ("unknown activation", ["model.hidden_act=tanh"], "model.hidden_act='tanh'"),
+    ("zero layer norm epsilon", ["model.layer_norm_eps=0"], "model.layer_norm_eps=0"),
     ("sequence beyond positions", ["data.max_seq_length=1024"], "max_seq_length=1024"),
     ("trainer.max_steps set", ["trainer.max_steps=800"], "set optim.max_steps=800"),
     ("trainer.max_steps unbounded", ["trainer.max_steps=-1"], "optim.max_steps"),

@@ -386,8 +386,8 @@ def test_fused_head_has_no_second_order_gradient():
 
 
 def test_config_check_names_the_model_activations():
-    """The config check (no torch) accepts exactly the activations the model implements."""
-    from bertpt.config_check import ACTIVATIONS as CHECKED
+    """The model rules (no torch) accept exactly the activations the model implements."""
     from bertpt.model import ACTIVATIONS
+    from bertpt.model_rules import ACTIVATIONS as CHECKED
 
     assert set(CHECKED) == set(ACTIVATIONS)

@@ -13,8 +13,9 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import OmegaConf
 from runs import ROOT, free_port, losses_by_step, make_cfg, read_metrics, run_cli
 
-from bertpt.config_check import check_config, per_device_batch_size
+from bertpt.config_check import check_config
 from bertpt.errors import UserError
+from bertpt.run_rules import per_device_batch_size
 from bertpt.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -319,9 +320,8 @@ def test_optuna_sweep_minimises_val_mlm_loss(tmp_path, data_dir):
 def test_fsdp_config_wraps_each_layer_and_falls_back_on_cpu(tmp_path, caplog):
     """trainer=fsdp: one FSDP unit per BertLayer (the tied embedding/decoder stay in the root);
     without a GPU it warns and runs on one CPU device (Lightning's FSDP is GPU-only)."""
-    from bertpt.checkpoint import AtomicCheckpointIO
     from bertpt.model import BertConfig, BertForPreTraining, BertLayer
-    from bertpt.pretrain import build_trainer
+    from bertpt.pretrain import AtomicCheckpointIO, build_trainer
 
     cfg = make_cfg(tmp_path, tmp_path, "+experiment=large", "logger=csv")
     assert cfg.trainer.strategy._target_.endswith("FSDPStrategy")
@@ -487,8 +487,7 @@ def test_two_nodes_under_slurm_variables(tmp_path, data_dir):
 def test_trainer_plugins_from_config_are_kept(tmp_path):
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from bertpt.checkpoint import AtomicCheckpointIO
-    from bertpt.pretrain import build_trainer
+    from bertpt.pretrain import AtomicCheckpointIO, build_trainer
 
     cfg = make_cfg(tmp_path, tmp_path, "+experiment=tiny", "logger=csv", "trainer=cpu")
     assert isinstance(build_trainer(cfg)[0].strategy.checkpoint_io, AtomicCheckpointIO)
