@@ -19,7 +19,8 @@ another file system than the run (``/tmp`` on a node, the run on shared storage)
 copy into the destination, and a crash during the copy leaves a truncated ``last.ckpt``; it also
 holds the whole checkpoint twice in memory. Here the temporary file sits beside its destination,
 is synced to disk, and replaces it with one atomic rename: the old file or the new one, never
-half of one.
+half of one (:func:`atomic_torch_save`, which ``bertpt.pretrain.AtomicCheckpointIO`` gives to
+Lightning). This module imports no Lightning: exporting a checkpoint does not need it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from bertpt.atomic import temp_beside
 from bertpt.errors import UserError
@@ -83,27 +83,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O that writes local files with :func:`atomic_torch_save`.
-
-    Remote URLs (``s3://``, ``gs://`` ...) keep Lightning's writer: object stores already put
-    an object all at once.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        if storage_options is not None:
-            raise TypeError(
-                f"storage_options is not supported by {type(self).__name__}: "
-                f"got {storage_options!r}; drop it or use a custom CheckpointIO"
-            )
-        if "://" in str(path) and not str(path).startswith("file://"):
-            super().save_checkpoint(checkpoint, path)
-            return
-        atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,11 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from bertpt import precision, report, run_folder
-from bertpt.checkpoint import AtomicCheckpointIO
-from bertpt.config_check import checkpoint_path
+from bertpt.checkpoint import atomic_torch_save
 from bertpt.console import quiet_dependencies
 from bertpt.datamodule import PretrainDataModule
 from bertpt.export import model_from_module_state
@@ -27,11 +26,33 @@ from bertpt.hf import to_hf
 from bertpt.loggers import build_loggers, finish_loggers
 from bertpt.module import BertPretrainModule
 from bertpt.preflight import Resume, choose_tokenizer, read_resume
+from bertpt.run_rules import checkpoint_path
 
 log = logging.getLogger(__name__)
 
 # Keys of conf/trainer that change only the speed and that Lightning's Trainer does not take.
 SPEED_KEYS = ("num_workers", "pad_to_multiple_of", "compile", "fused_optimizer")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that writes local files with :func:`atomic_torch_save`.
+
+    Remote URLs (``s3://``, ``gs://`` ...) keep Lightning's writer: object stores already put
+    an object all at once.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(
+                f"storage_options is not supported by {type(self).__name__}: "
+                f"got {storage_options!r}; drop it or use a custom CheckpointIO"
+            )
+        if "://" in str(path) and not str(path).startswith("file://"):
+            super().save_checkpoint(checkpoint, path)
+            return
+        atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
 
 
 def _fit_to_machine(trainer_cfg: dict[str, Any], speed: dict[str, Any]) -> None:

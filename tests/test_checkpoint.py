@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import bertpt.checkpoint as ckpt_mod
-from bertpt.checkpoint import AtomicCheckpointIO, atomic_torch_save, read_checkpoint
+from bertpt.checkpoint import atomic_torch_save, read_checkpoint
 from bertpt.errors import UserError
 from bertpt.model import BertConfig
+from bertpt.pretrain import AtomicCheckpointIO
 
 WRITER = """
 import sys, torch
