@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
 from torch.distributed.fsdp import FullyShardedDataParallel
 
 from bertpt import lightning_compat
+from bertpt.checkpoint import load_torch_file
 from bertpt.model import BertLayer
 
 
@@ -39,10 +39,6 @@ def wrap_policy():
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
     return partial(transformer_auto_wrap_policy, transformer_layer_cls={BertLayer})
-
-
-def _mmap_load(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
 
 
 def _full_state_dict_context(module: torch.nn.Module, world_size: int, rank0_only: bool = True):
@@ -64,7 +60,7 @@ def _full_state_dict_context(module: torch.nn.Module, world_size: int, rank0_onl
 @contextlib.contextmanager
 def _fixed_lightning_helpers() -> Iterator[None]:
     with (
-        lightning_compat.fsdp_reads_full_checkpoints_with(_mmap_load),
+        lightning_compat.fsdp_reads_full_checkpoints_with(load_torch_file),
         lightning_compat.fsdp_gathers_full_state_with(_full_state_dict_context),
     ):
         yield

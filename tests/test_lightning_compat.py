@@ -293,7 +293,7 @@ def test_fsdp_hooks_run_on_a_cpu_process(tmp_path, monkeypatch, one_process_grou
         monkeypatch.setattr(owner, attribute, recorded)
 
     record("wrap", fsdp.FSDPStrategy, "wrap_model")
-    record("load", fsdp, "_mmap_load")
+    record("load", fsdp, "load_torch_file")
     record("context", fsdp, "_full_state_dict_context")
 
     trainer = tiny_trainer(2, strategy=fsdp.FSDPStrategy())
