@@ -20,8 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from bertpt.config_check import check_config, check_overrides
-from bertpt.errors import exit_on_user_error
+from bertpt.common.errors import exit_on_user_error
+from bertpt.training.config_check import check_config, check_overrides
 
 # oneDNN, which runs a CPU's bf16 matrix products (trainer.precision=auto on AMX), compiles and
 # caches a kernel per shape, 1,024 by default. A run's shapes (sequence lengths x masked rows,
@@ -34,12 +34,12 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 def train(cfg: DictConfig) -> dict[str, float]:
     """Pretrain with a composed config; return the final metrics (for sweepers and tests)."""
     check_config(cfg, Path(cfg.paths.output_dir))
-    from bertpt.pretrain import pretrain  # torch and Lightning: only for a good config
+    from bertpt.training.fit import pretrain  # torch and Lightning: only for a good config
 
     return pretrain(cfg)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     # In a sweep a job's mistake fails that job (Hydra goes on with the others and the sweep's
     # summary names it); in a single run it ends the command in one line.

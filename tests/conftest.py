@@ -14,15 +14,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # No native bf16 for the suite's runs, whatever the CPU: trainer.precision=auto then means
 # 32-true on every machine, so a test's figures do not depend on which kind of CPU runs it.
-# oneDNN (and bertpt.precision) honour this limit; test_precision.py stands in for a CPU with
-# native bf16 where it tests auto itself.
+# oneDNN (and bertpt.training.precision) honour this limit; test_precision.py stands in for a CPU
+# with native bf16 where it tests auto itself.
 os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE"
 
 
 @pytest.fixture(scope="session")
 def default_corpus(tmp_path_factory):
     """The offline default corpus (stdlib docstrings, BERT format), about 1.6 MB."""
-    from bertpt.corpus import build_default_corpus
+    from bertpt.data.corpus import build_default_corpus
 
     return build_default_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
 
@@ -30,7 +30,7 @@ def default_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokenizer_dir(default_corpus, tmp_path_factory):
     """An uncased 2,000-token WordPiece tokenizer trained on the default corpus."""
-    from bertpt.tokenizer import train_tokenizer
+    from bertpt.data.tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     return train_tokenizer(default_corpus, out, vocab_size=2000, show_progress=False)
@@ -47,7 +47,7 @@ def data_dir(default_corpus, tmp_path_factory):
 @pytest.fixture(scope="session")
 def bpe_tokenizer_dir(default_corpus, tmp_path_factory):
     """A 1,000-token byte-level BPE (RoBERTa) tokenizer trained on the default corpus."""
-    from bertpt.tokenizer import train_tokenizer
+    from bertpt.data.tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("bpe") / "tokenizer"
     return train_tokenizer(
@@ -57,16 +57,18 @@ def bpe_tokenizer_dir(default_corpus, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def finished_run(data_dir, tmp_path_factory):
-    """A real tiny run of 40 steps by the real command, whose end wrote its plots, report.md and
-    Hugging Face export: (run folder, console output). Shared by the plot, report and probe
-    tests."""
+    """A real tiny run of 40 steps by the real command, val/probe_acc on, whose end wrote its
+    plots, report.md and Hugging Face export: (run folder, console output). Shared by the plot,
+    report, probe and README tests."""
     from runs import run_cli
 
     tmp = tmp_path_factory.mktemp("finished")
     run = tmp / "run"
     args = [
-        "+experiment=tiny", "+debug=fast", "optim.max_steps=40", "data.global_batch_size=16",
+        "+experiment=tiny", "optim.max_steps=40", "optim.warmup_steps=1",
+        "data.global_batch_size=16", "data.val_max_pairs=16", "trainer.log_every_n_steps=1",
         "trainer.val_check_interval=10", "callbacks.model_checkpoint.every_n_train_steps=40",
+        "callbacks.val_probe.max_train_examples=256",  # val/probe_acc on, at a quarter the cost
         "logger=csv", f"paths.data_dir={data_dir}", f"hydra.run.dir={run}",
     ]  # fmt: skip
     proc = run_cli(args, cwd=tmp)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bertpt.atomic import publish, publish_dir, temp_beside
+from bertpt.common.atomic import publish, publish_dir, temp_beside
 
 
 def test_a_built_folder_is_published_and_no_temporary_is_left(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from runs import ROOT
 
-from bertpt.bench import Row, Runner, load_preset, make_batch
-from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.benchmarks.speed import Row, Runner, load_preset, make_batch
+from bertpt.model.bert import BertConfig, BertForPreTraining
 
 
 def test_presets_load_from_conf():
@@ -65,8 +65,8 @@ def test_run_throughput_reads_a_real_run(tmp_path, data_dir):
     """What `--lightning` prints is read from a real run's folder (here a CPU run)."""
     from runs import run_cli
 
-    from bertpt.bench import run_throughput
-    from bertpt.flops import flops_per_sequence
+    from bertpt.benchmarks.speed import run_throughput
+    from bertpt.model.flops import flops_per_sequence
 
     run = tmp_path / "run"
     run_cli(
@@ -82,7 +82,7 @@ def test_run_throughput_reads_a_real_run(tmp_path, data_dir):
 
 
 def test_largest_batch_doubles_then_bisects():
-    from bertpt.bench import largest_batch
+    from bertpt.benchmarks.speed import largest_batch
 
     tried = []
 
@@ -98,7 +98,7 @@ def test_largest_batch_doubles_then_bisects():
 
 
 def test_cli_times_each_variant_side_by_side(capsys):
-    from bertpt.bench import main
+    from bertpt.benchmarks.speed import main
 
     main(["--models", "tiny", "--variants", "bertpt,bertpt-unpadded,hf", "--batch-size", "8",
           "--steps", "2", "--warmup", "1"])  # fmt: skip
@@ -111,8 +111,8 @@ def test_cli_times_each_variant_side_by_side(capsys):
 
 @pytest.mark.parametrize("unit", ["AMX", None])
 def test_cli_times_both_precisions_where_bf16_is_native_and_stars_autos(capsys, monkeypatch, unit):
-    from bertpt import precision
-    from bertpt.bench import main
+    from bertpt.benchmarks.speed import main
+    from bertpt.training import precision
 
     monkeypatch.setattr(precision, "native_bf16_unit", lambda: unit)
     main(["--models", "tiny", "--variants", "bertpt,hf", "--batch-size", "4",

@@ -14,8 +14,8 @@ from tokenizers import Tokenizer, pre_tokenizers, trainers
 from transformers import AutoTokenizer, RobertaTokenizerFast
 
 import bertpt
-from bertpt.errors import UserError
-from bertpt.tokenizer import (
+from bertpt.common.errors import UserError
+from bertpt.data.tokenizer import (
     corpus_sentences,
     load_tokenizer,
     main,

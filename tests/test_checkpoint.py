@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import bertpt.checkpoint as ckpt_mod
-from bertpt.checkpoint import atomic_torch_save, read_checkpoint
-from bertpt.errors import UserError
-from bertpt.model import BertConfig
-from bertpt.pretrain import AtomicCheckpointIO
+import bertpt.model.checkpoint as ckpt_mod
+from bertpt.common.errors import UserError
+from bertpt.model.bert import BertConfig
+from bertpt.model.checkpoint import atomic_torch_save, read_checkpoint
+from bertpt.training.fit import AtomicCheckpointIO
 
 WRITER = """
 import sys, torch
-from bertpt.checkpoint import atomic_torch_save
+from bertpt.model.checkpoint import atomic_torch_save
 path, n = sys.argv[1], int(sys.argv[2])
 version = 0
 while True:

@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bertpt.bench_data import synthetic_corpus
-from bertpt.collator import MaskingCollator
-from bertpt.pairs import NSPPairDataset
-from bertpt.tokenizer import load_tokenizer, train_tokenizer
+from bertpt.benchmarks.data import synthetic_corpus
+from bertpt.data.collator import MaskingCollator
+from bertpt.data.pairs import NSPPairDataset
+from bertpt.data.tokenizer import load_tokenizer, train_tokenizer
 
 V, PAD, UNK, CLS, SEP, MASK = 1000, 0, 1, 2, 3, 4
 CONT = np.arange(600, V)  # "##" pieces in the explicit-vocabulary tests

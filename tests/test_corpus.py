@@ -8,8 +8,8 @@ import datasets
 import pytest
 from sentencex import segment
 
-from bertpt import corpus
-from bertpt.corpus import (
+from bertpt.data import corpus
+from bertpt.data.corpus import (
     CorpusError,
     build_default_corpus,
     check_corpus,

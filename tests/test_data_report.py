@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from bertpt.bench_data import synthetic_corpus
-from bertpt.collator import MaskingCollator
-from bertpt.data_report import check_data, data_report, main
-from bertpt.pairs import NSPPairDataset
-from bertpt.tokenizer import train_tokenizer
+from bertpt.benchmarks.data import synthetic_corpus
+from bertpt.data.collator import MaskingCollator
+from bertpt.data.pairs import NSPPairDataset
+from bertpt.data.stats import check_data, data_report, main
+from bertpt.data.tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="module")

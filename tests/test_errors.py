@@ -112,7 +112,7 @@ def test_config_errors_come_before_torch(tmp_path):
 
     code = (
         "import sys\n"
-        "from bertpt.config_check import check_overrides, settings\n"
+        "from bertpt.training.config_check import check_overrides, settings\n"
         "settings(); check_overrides(['optim.lr=1e-3', 'trainer=cpu'])\n"
         "print('torch' in sys.modules, 'lightning' in sys.modules)\n"
     )
@@ -126,7 +126,7 @@ def test_config_errors_come_before_torch(tmp_path):
 def test_lightning_precision_aliases_pass_the_check(tmp_path, precision):
     from runs import make_cfg
 
-    from bertpt.config_check import check_config
+    from bertpt.training.config_check import check_config
 
     cfg = make_cfg(tmp_path, tmp_path, "+experiment=tiny", f"trainer.precision={precision}")
     check_config(cfg, None)

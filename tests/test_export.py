@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bertpt.errors import UserError
-from bertpt.export import export, main
-from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.common.errors import UserError
+from bertpt.model.bert import BertConfig, BertForPreTraining
+from bertpt.training.export import export, main
 
 transformers = pytest.importorskip("transformers")
 
@@ -234,7 +234,7 @@ def test_real_lightning_checkpoint_of_a_run(tmp_path, tokenizer):
     """A checkpoint that a real Trainer wrote (optimizer, loops, rng states) loads as data only."""
     import lightning.pytorch as pl
 
-    from bertpt.module import BertPretrainModule
+    from bertpt.training.module import BertPretrainModule
 
     optim = dict(lr=1e-3, weight_decay=0.01, betas=[0.9, 0.999], eps=1e-6)
     module = BertPretrainModule(

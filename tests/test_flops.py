@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bertpt.flops import flops_per_sequence, non_embedding_params, peak_flops
-from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.model.bert import BertConfig, BertForPreTraining
+from bertpt.model.flops import flops_per_sequence, non_embedding_params, peak_flops
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,7 @@ def test_base_bf16_ddp_clips_resumes_and_exports(tmp_path, data_dir):
 
     from transformers import BertForPreTraining as HFBertForPreTraining
 
-    from bertpt.hf import from_hf
+    from bertpt.model.hf import from_hf
 
     ours, theirs = from_hf(run / "hf").eval(), HFBertForPreTraining.from_pretrained(run / "hf")
     ids = torch.randint(5, 8192, (2, 32), generator=torch.Generator().manual_seed(0))
@@ -95,8 +95,8 @@ def test_fsdp_saves_resumes_and_exports(tmp_path, data_dir):
     for step in range(10, 20):
         assert b[step] == pytest.approx(a[step], rel=2e-2), (step, a[step], b[step])
 
-    from bertpt.export import export
-    from bertpt.hf import from_hf
+    from bertpt.model.hf import from_hf
+    from bertpt.training.export import export
 
     export(full / "checkpoints" / "last.ckpt", tmp_path / "from_ckpt")
     at_end, from_ckpt = from_hf(full / "hf").eval(), from_hf(tmp_path / "from_ckpt").eval()
@@ -157,7 +157,7 @@ def test_gpu_trainer_compiles_once_and_never_syncs_between_log_steps(tmp_path, d
     for r in rows:
         if r["step"] > 0 and not {r["step"], r["step"] - 1} & log_steps:  # step 0 compiles
             assert not r["syncs"], r
-    from bertpt.hf import from_hf
+    from bertpt.model.hf import from_hf
 
     assert from_hf(run / "hf").config.num_hidden_layers == 12
 
@@ -170,8 +170,8 @@ def test_unpadded_attention_is_flash_attention_and_matches_the_padded_path():
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from bertpt.bench import load_preset, make_batch
-    from bertpt.model import BertForPreTraining
+    from bertpt.benchmarks.speed import load_preset, make_batch
+    from bertpt.model.bert import BertForPreTraining
 
     config = dataclasses.replace(
         load_preset("base"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
@@ -206,8 +206,8 @@ def test_unpadded_attention_is_flash_attention_and_matches_the_padded_path():
 def test_compiled_unpadded_layers_do_not_recompile():
     """The inductor-compiled layers on the unpadded path over batches whose token counts,
     lengths and masked rows all differ: one compilation."""
-    from bertpt.bench import make_batch
-    from bertpt.model import BertConfig, BertForPreTraining
+    from bertpt.benchmarks.speed import make_batch
+    from bertpt.model.bert import BertConfig, BertForPreTraining
 
     config = BertConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=1024)  # fmt: skip

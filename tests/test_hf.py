@@ -1,4 +1,5 @@
-"""bertpt.hf: folders written by bertpt load in transformers, and HF folders load in bertpt."""
+"""bertpt.model.hf: folders written by bertpt load in transformers, and HF folders load in
+bertpt."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertpt.errors import UserError
-from bertpt.hf import config_from_hf_dict, from_hf, to_hf
-from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.common.errors import UserError
+from bertpt.model.bert import BertConfig, BertForPreTraining
+from bertpt.model.hf import config_from_hf_dict, from_hf, to_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -103,7 +104,7 @@ def test_from_hf_pretraining_folder_round_trips(tmp_path, batch):
 def test_from_hf_partial_folders_initialise_missing_heads(tmp_path, caplog, cls, fresh):
     hf = randomize(getattr(transformers, cls)(hf_config()))
     hf.save_pretrained(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="bertpt.hf"):
+    with caplog.at_level(logging.WARNING, logger="bertpt.model.hf"):
         ours = from_hf(tmp_path)
     assert f"no weights for {fresh}: freshly initialised" in caplog.text
     ours_sd = ours.state_dict()
@@ -216,7 +217,7 @@ def test_a_failed_export_leaves_the_old_folder_intact(tmp_path, monkeypatch):
         Path(filename).write_bytes(b"half a safetensors file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("bertpt.hf.save_file", disk_full)
+    monkeypatch.setattr("bertpt.model.hf.save_file", disk_full)
     with pytest.raises(OSError, match="No space left"):
         to_hf(randomize(BertForPreTraining(BertConfig(**KW))), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

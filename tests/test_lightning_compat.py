@@ -1,7 +1,7 @@
-"""bertpt.lightning_compat: each internal of Lightning (or torch) that bertpt relies on still
-exists in the installed release with the shape bertpt relies on, and each compat item works for
-real, with a real Trainer on a tiny model. A failure names the item that moved: update
-bertpt/lightning_compat.py (and the pin in pyproject.toml) for that release."""
+"""bertpt.training.lightning_compat: each internal of Lightning (or torch) that bertpt relies on
+still exists in the installed release with the shape bertpt relies on, and each compat item works
+for real, with a real Trainer on a tiny model. A failure names the item that moved: update
+bertpt/training/lightning_compat.py (and the pin in pyproject.toml) for that release."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from lightning.pytorch.loggers import Logger
 from runs import free_port
 from torch.utils.data import DataLoader, TensorDataset
 
-from bertpt import lightning_compat as compat
+from bertpt.training import lightning_compat as compat
 
-UPDATE = f"update bertpt/lightning_compat.py (checked with {compat.CHECKED_WITH})"
+UPDATE = f"update bertpt/training/lightning_compat.py (checked with {compat.CHECKED_WITH})"
 
 
 def moved(item: str) -> str:
@@ -113,8 +113,8 @@ class RecordLogs(Logger):
 
 
 class LogsOnLogSteps(Tiny):
-    """Logs only where `logs_this_step` says Lightning writes, as bertpt.module does (in
-    optimizer_step) and bertpt.console reads (in on_train_batch_end)."""
+    """Logs only where `logs_this_step` says Lightning writes, as bertpt.training.module does (in
+    optimizer_step) and bertpt.training.console reads (in on_train_batch_end)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -142,6 +142,33 @@ def test_what_is_logged_on_log_steps_is_written_then():
     assert logger.steps["x"] == module.in_step, (logger.steps, module.in_step)
 
 
+# --- the batches this epoch has taken so far ---------------------------------------------------
+
+
+class CountsBatches(Tiny):
+    """Records `batches_this_epoch` as each training batch starts (16 batches an epoch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.seen.append(compat.batches_this_epoch(self.trainer))
+
+
+def test_batches_this_epoch_counts_within_an_epoch_and_survives_a_resume(tmp_path):
+    """What the training loader resumes from: 0..15 in each epoch, and after a resume from step
+    20 the count Lightning restored (4, the 5th batch of epoch 1)."""
+    module = CountsBatches()
+    trainer = tiny_trainer(20, default_root_dir=tmp_path, enable_checkpointing=True)
+    trainer.fit(module)
+    assert module.seen == [*range(16), *range(4)], moved("fit_loop.epoch_loop.batch_progress")
+    trainer.save_checkpoint(tmp_path / "at20.ckpt")
+    resumed = CountsBatches()
+    tiny_trainer(22, default_root_dir=tmp_path).fit(resumed, ckpt_path=tmp_path / "at20.ckpt")
+    assert resumed.seen == [4, 5], resumed.seen
+
+
 # --- whether the optimizer unscales fp16 gradients in its own step ------------------------------
 
 
@@ -167,7 +194,7 @@ def test_optimizer_unscales_in_step_as_lightning_decides():
 
 
 class ClipsAfterUnscaling(Tiny):
-    """bertpt.module's clipping under a GradScaler: unscale where Lightning left it to the
+    """bertpt.training.module's clipping under a GradScaler: unscale where Lightning left it to the
     optimizer's step; then the gradients must have been unscaled exactly once."""
 
     def __init__(self, fused: bool) -> None:
@@ -279,7 +306,7 @@ def test_fsdp_hooks_run_on_a_cpu_process(tmp_path, monkeypatch, one_process_grou
     loader (and the same context, on every rank)."""
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    from bertpt import fsdp
+    from bertpt.training import fsdp
 
     seen: dict[str, list] = {"wrap": [], "load": [], "context": []}
 

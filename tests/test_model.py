@@ -1,4 +1,5 @@
-"""bertpt.model against the reference: transformers.BertForPreTraining with the same weights."""
+"""bertpt.model.bert against the reference: transformers.BertForPreTraining with the same
+weights."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from bertpt.model import BertConfig, BertForPreTraining, Dropout
+from bertpt.model.bert import BertConfig, BertForPreTraining
+from bertpt.model.kernels import Dropout
 
 transformers = pytest.importorskip("transformers")
 
@@ -387,7 +389,7 @@ def test_fused_head_has_no_second_order_gradient():
 
 def test_config_check_names_the_model_activations():
     """The model rules (no torch) accept exactly the activations the model implements."""
-    from bertpt.model import ACTIVATIONS
-    from bertpt.model_rules import ACTIVATIONS as CHECKED
+    from bertpt.model.bert import ACTIVATIONS
+    from bertpt.model.rules import ACTIVATIONS as CHECKED
 
     assert set(CHECKED) == set(ACTIVATIONS)

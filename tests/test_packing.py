@@ -1,4 +1,4 @@
-"""RoBERTa's FULL-SENTENCES and DOC-SENTENCES sequences (bertpt.packing)."""
+"""RoBERTa's FULL-SENTENCES and DOC-SENTENCES sequences (bertpt.data.packing)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from bertpt.collator import MaskingCollator
-from bertpt.packing import PackedSentences
-from bertpt.store import DocumentStore
+from bertpt.data.collator import MaskingCollator
+from bertpt.data.packing import PackedSentences
+from bertpt.data.store import DocumentStore
 
 BOS, PAD, EOS, MASK = 0, 1, 2, 4
 

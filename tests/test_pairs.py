@@ -3,8 +3,8 @@ import pickle
 import numpy as np
 import pytest
 
-from bertpt.pairs import NSPPairDataset
-from bertpt.store import DocumentStore
+from bertpt.data.pairs import NSPPairDataset
+from bertpt.data.store import DocumentStore
 
 CLS, SEP = 2, 3
 

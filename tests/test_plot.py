@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 from runs import make_cfg, read_metrics
 
-from bertpt import plot, report
-from bertpt.errors import UserError
+from bertpt.common.errors import UserError
+from bertpt.runs import plots as plot
+from bertpt.runs import report
 from bertpt.train import train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -45,11 +46,8 @@ def failed_run(tmp_path_factory, data_dir):
 
 def test_a_run_ends_with_its_plots(finished_run):
     run, stdout = finished_run
-    for stem in plot.PANELS:
-        if stem == "probe_acc":  # a panel only for what the run logged: it ran no probe
-            assert not (run / "plots" / f"{stem}.png").exists()
-        else:
-            assert_png(run / "plots" / f"{stem}.png")
+    for stem in plot.PANELS:  # val/probe_acc included: the run probed at every validation
+        assert_png(run / "plots" / f"{stem}.png")
     assert_png(run / "plots" / plot.OVERVIEW, min_width=800)
     assert f"bertpt: plots:               {run / 'plots'}" in stdout
 
@@ -57,6 +55,8 @@ def test_a_run_ends_with_its_plots(finished_run):
 def test_a_failed_run_is_plotted_once_it_logged_a_few_steps(failed_run, tmp_path):
     assert_png(failed_run / "plots" / plot.OVERVIEW, min_width=800)
     assert_png(failed_run / "plots" / "mlm_loss.png")
+    # A panel only for what the run logged: it ran no probe.
+    assert not (failed_run / "plots" / "probe_acc.png").exists()
     assert not (failed_run / report.REPORT).exists()  # a report is for a finished run
     # Two logged steps make no curve: no plots.
     few = tmp_path / "few"

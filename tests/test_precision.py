@@ -1,7 +1,7 @@
 """trainer.precision=auto: bf16-mixed where bf16 is native (a GPU, a CPU with AMX or
 AVX512-BF16), 32-true elsewhere; an explicit value always wins; a bf16-mixed CPU run learns as
-fp32 does. The CPU's capability is stood in for (bertpt.precision.native_bf16_unit), as a GPU
-is, so that every test runs on either kind of CPU."""
+fp32 does. The CPU's capability is stood in for (bertpt.training.precision.native_bf16_unit), as a
+GPU is, so that every test runs on either kind of CPU."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 import yaml
 from runs import losses_by_step, make_cfg
 
-from bertpt import precision
-from bertpt.config_check import check_config
-from bertpt.errors import UserError
-from bertpt.pretrain import build_trainer, pretrain
+from bertpt.common.errors import UserError
+from bertpt.training import precision
+from bertpt.training.config_check import check_config
+from bertpt.training.fit import build_trainer, pretrain
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_the_trainer_gets_the_choice_says_it_once_and_records_it(
 ):
     cpu_with(unit)
     cfg = make_cfg(tmp_path / "run", tmp_path, "+experiment=tiny", "logger=csv")
-    with caplog.at_level(logging.INFO, logger="bertpt.pretrain"):
+    with caplog.at_level(logging.INFO, logger="bertpt.training.fit"):
         trainer, _ = build_trainer(cfg)
     assert trainer.precision == expected
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision:")]
@@ -143,7 +143,7 @@ def test_a_bf16_mixed_cpu_run_learns_as_fp32_does(tmp_path, data_dir, cpu_with):
 
 def small_config(**overrides):
     """A 2-layer BERT of width 64 for one-step checks."""
-    from bertpt.model import BertConfig
+    from bertpt.model.bert import BertConfig
 
     return BertConfig(
         vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -160,8 +160,8 @@ def test_a_bf16_mixed_cpu_step_runs_every_product_in_bf16_and_casts_each_weight_
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from bertpt.bench import make_batch
-    from bertpt.model import BertForPreTraining
+    from bertpt.benchmarks.speed import make_batch
+    from bertpt.model.bert import BertForPreTraining
 
     aten = torch.ops.aten
     products = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
@@ -217,8 +217,8 @@ def test_under_bf16_on_a_cpu_the_masked_rows_come_in_few_shapes_and_change_nothi
     batches with different numbers of masked tokens share shapes; the extra rows are never
     scored: loss, predictions and every gradient are those of the unrounded step. In fp32 the
     rows are not rounded."""
-    from bertpt import model as bert
-    from bertpt.bench import make_batch
+    from bertpt.benchmarks.speed import make_batch
+    from bertpt.model import bert, kernels
 
     config = small_config(
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
@@ -229,7 +229,7 @@ def test_under_bf16_on_a_cpu_the_masked_rows_come_in_few_shapes_and_change_nothi
     model.cls.predictions.transform.register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
 
     def step(bucket, bf16, batch):
-        monkeypatch.setattr(bert, "ROW_BUCKET", bucket)
+        monkeypatch.setattr(kernels, "ROW_BUCKET", bucket)
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(**batch)
@@ -240,7 +240,7 @@ def test_under_bf16_on_a_cpu_the_masked_rows_come_in_few_shapes_and_change_nothi
     for seed in range(3):  # batches whose masked counts differ
         torch.manual_seed(seed)
         batch = make_batch(config, 8, 32)
-        masked = int((batch["labels"] != bert.IGNORE_INDEX).sum())
+        masked = int((batch["labels"] != kernels.IGNORE_INDEX).sum())
         loss, predictions, grads = step(1, True, batch)
         assert rows[-1] == masked
         rounded_loss, rounded_predictions, rounded_grads = step(32, True, batch)

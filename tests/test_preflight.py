@@ -12,9 +12,9 @@ import pytest
 import torch
 from runs import make_cfg, run_cli
 
-from bertpt.errors import UserError
-from bertpt.hf import to_hf
-from bertpt.model import BertConfig, BertForPreTraining
+from bertpt.common.errors import UserError
+from bertpt.model.bert import BertConfig, BertForPreTraining
+from bertpt.model.hf import to_hf
 from bertpt.train import train
 
 FAST = ["+experiment=tiny", "+debug=fast", "export_hf=false", "logger=csv"]

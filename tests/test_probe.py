@@ -12,11 +12,11 @@ from collections import Counter
 
 import pytest
 
-import bertpt.probe_finetune
-from bertpt.probe import main, run_probe
-from bertpt.probe_finetune import Settings
-from bertpt.probe_linear import tfidf_accuracy
-from bertpt.probe_tasks import Columns, Example, Task, dev_split, docstring_task, load_task
+import bertpt.probing.finetune
+from bertpt.probing.finetune import Settings
+from bertpt.probing.linear import tfidf_accuracy
+from bertpt.probing.probe import main, run_probe
+from bertpt.probing.tasks import Columns, Example, Task, dev_split, docstring_task, load_task
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_builtin_task_is_balanced_with_disjoint_splits(task):
 def test_builtin_task_keeps_its_shape_on_every_python(monkeypatch, gone):
     """Python 3.12 dropped distutils and 3.13 lib2to3, two of the 12 classes on 3.10 and 3.11:
     the task takes the next most frequent modules and stays balanced and disjoint."""
-    import bertpt.probe_tasks as tasks
+    import bertpt.probing.tasks as tasks
 
     members = tasks.stdlib_members()
     monkeypatch.setattr(tasks, "stdlib_members", lambda: [m for m in members if m[0] not in gone])
@@ -127,17 +127,17 @@ def test_the_learning_rate_is_chosen_without_the_test_split(finished_run, monkey
         [Example(r["text"] + " !", None, r["label"]) for r in rows[90:]],
     )
     scored = []  # (the token ids of each example scored) per call
-    real_accuracy = bertpt.probe_finetune.accuracy
+    real_accuracy = bertpt.probing.finetune.accuracy
 
     def recording_accuracy(model, data, pad_id, batch_size=64):
         scored.append({tuple(ids) for ids in data.ids})
         return real_accuracy(model, data, pad_id, batch_size)
 
-    monkeypatch.setattr(bertpt.probe_finetune, "accuracy", recording_accuracy)
+    monkeypatch.setattr(bertpt.probing.finetune, "accuracy", recording_accuracy)
     settings = Settings(epochs=1, lrs=(1e-5, 1e-3), max_length=32)
     result = run_probe(finished_run[0], task, [0, 1], settings, mode="finetune")
 
-    from bertpt.probe_tasks import encode, load_tokenizer
+    from bertpt.probing.tasks import encode, load_tokenizer
 
     tokenizer = load_tokenizer(finished_run[0] / "hf", 32)
     train_ids = {tuple(x) for x in encode(tokenizer, task.train).ids}
@@ -237,8 +237,8 @@ def test_a_split_padded_once_gives_each_texts_own_vector_in_the_splits_order():
     import numpy as np
     import torch
 
-    from bertpt.model import BertConfig, BertForPreTraining
-    from bertpt.probe_linear import encode_batches, padded_batches
+    from bertpt.model.bert import BertConfig, BertForPreTraining
+    from bertpt.probing.linear import encode_batches, padded_batches
 
     torch.manual_seed(0)
     bert = BertForPreTraining(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from runs import make_cfg, read_metrics
 
-from bertpt.pretrain import pretrain
+from bertpt.training.fit import pretrain
 
 
 def lexical_task(path, n=240):
@@ -29,7 +29,7 @@ def test_a_run_logs_plots_and_reports_the_probe_at_every_validation(
 ):
     """A short run logs the probe at step 0 and at each validation, plots and reports it; the
     probe encodes in the run's precision (bf16 autocast under bf16-mixed), as validation does."""
-    from bertpt import probe_callback
+    from bertpt.probing import callback as probe_callback
 
     run = tmp_path / "run"
     task = lexical_task(tmp_path / "task.jsonl")
@@ -89,7 +89,7 @@ def test_the_cpu_experiments_probe_by_default_and_it_turns_off(tmp_path, experim
 
 
 def test_the_cost_line_compares_the_probes_with_the_validations_they_follow():
-    from bertpt.probe_callback import ValidationProbe
+    from bertpt.probing.callback import ValidationProbe
 
     probe = ValidationProbe()
     probe.seconds = [5.0, 1.0, 1.0]  # step 0 (follows no validation), then two validations

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from runs import read_metrics
 
-from bertpt.report import REPORT, VAL_METRICS, duration
+from bertpt.runs.report import REPORT, VAL_METRICS, duration
 
 
 def logged(run, name):
@@ -34,8 +34,7 @@ def test_report_figures_match_the_csv(finished_run):
     run, _ = finished_run
     text = (run / REPORT).read_text()
     rows = {r[0]: r[1:] for r in table_rows(text)}
-    assert "val/probe_acc" not in rows  # the run had no validation probe: no row for it
-    for name in (m for m in VAL_METRICS if m != "val/probe_acc"):
+    for name in VAL_METRICS:  # val/probe_acc included: the run probed at every validation
         values = logged(run, name)
         final, best_value = (float(x) for x in rows[name])
         assert final == pytest.approx(values[-1], rel=5e-4), name
@@ -66,7 +65,7 @@ def test_report_figures_match_the_csv(finished_run):
     assert f"- checkpoint: `{run / 'checkpoints' / 'last.ckpt'}`" in text
     assert f"- Hugging Face export: `{run / 'hf'}`" in text
     assert "![curves](plots/overview.png)" in text
-    assert "| overrides | `+experiment=tiny +debug=fast optim.max_steps=40 " in text
+    assert "| overrides | `+experiment=tiny optim.max_steps=40 optim.warmup_steps=1 " in text
 
 
 def test_console_table_at_the_end_of_the_run(finished_run):
@@ -74,7 +73,7 @@ def test_console_table_at_the_end_of_the_run(finished_run):
     tail = stdout[stdout.index("bertpt: done.") :]
     assert re.match(r"bertpt: done\. tiny: 40 steps in [\d.]+ s, [\d.]+ seq/s", tail), tail[:300]
     report_rows = {r[0]: r[1:] for r in table_rows((run / REPORT).read_text())}
-    for name in (m for m in VAL_METRICS if m != "val/probe_acc"):  # the run had no probe
+    for name in VAL_METRICS:
         row = re.search(rf"^  {re.escape(name)}\s+(\S+)\s+(\S+)$", tail, re.M)
         assert row and list(row.groups()) == report_rows[name], (name, tail[:800])
     for label, path in [

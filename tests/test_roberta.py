@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from runs import losses_by_step, make_cfg, read_metrics
 from test_hf import randomize
 
-from bertpt.hf import config_from_hf_dict, from_hf, hf_config_dict, to_hf
-from bertpt.model import BertConfig, BertForPreTraining
-from bertpt.tokenizer import copy_tokenizer
+from bertpt.data.tokenizer import copy_tokenizer
+from bertpt.model.bert import BertConfig, BertForPreTraining
+from bertpt.model.hf import config_from_hf_dict, from_hf, hf_config_dict, to_hf
 from bertpt.train import train
 
 transformers = pytest.importorskip("transformers")
@@ -72,7 +72,7 @@ def test_imported_weights_give_the_same_logits_loss_and_gradients(tmp_path, batc
     out.loss.backward()
     grads = {k: p.grad for k, p in hf.named_parameters()}
     ours_names = dict(ours.named_parameters())
-    pairs = {  # bertpt name -> transformers name, through the renames of bertpt.hf
+    pairs = {  # bertpt name -> transformers name, through the renames of bertpt.model.hf
         "bert.embeddings.word_embeddings.weight": "roberta.embeddings.word_embeddings.weight",
         "bert.encoder.layer.1.attention.self.query.weight": (
             "roberta.encoder.layer.1.attention.self.query.weight"
@@ -138,7 +138,7 @@ def test_a_roberta_model_folder_gets_a_fresh_lm_head(tmp_path, caplog):
     """RobertaModel saves a pooler, which RoBERTa's MLM has no use for, and no lm_head."""
     hf = hf_roberta(transformers.RobertaModel)
     hf.save_pretrained(tmp_path)
-    with caplog.at_level(logging.INFO, logger="bertpt.hf"):
+    with caplog.at_level(logging.INFO, logger="bertpt.model.hf"):
         ours = from_hf(tmp_path)
     assert "no weights for cls.predictions: freshly initialised" in caplog.text
     assert "heads this model has none of are not used" in caplog.text
@@ -174,8 +174,9 @@ def test_config_round_trip_and_positions():
 
 
 def test_the_config_check_names_what_the_code_implements():
-    """bertpt.config_check (no torch) names the MLM-only objectives the code implements."""
-    from bertpt import config_check, packing
+    """bertpt.training.config_check (no torch) names the MLM-only objectives the code implements."""
+    from bertpt.data import packing
+    from bertpt.training import config_check
 
     assert set(config_check.MLM_OBJECTIVES) == set(packing.CROSS_DOCUMENTS)
 

@@ -1,5 +1,5 @@
-"""The model's rules (bertpt.model_rules) and the run's (bertpt.run_rules) each live in one place:
-BertConfig and the config check refuse the same models with the same fix, and neither module
+"""The model's rules (bertpt.model.rules) and the run's (bertpt.training.run_rules) each live in one
+place: BertConfig and the config check refuse the same models with the same fix, and neither module
 needs torch."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from runs import make_cfg
 
-from bertpt import model, model_rules
-from bertpt.config_check import check_config
-from bertpt.errors import UserError
-from bertpt.model import BertConfig
-from bertpt.run_rules import per_device_batch_size, skip_in_one_process
+from bertpt.common.errors import UserError
+from bertpt.model import bert as model
+from bertpt.model import rules as model_rules
+from bertpt.model.bert import BertConfig
+from bertpt.training.config_check import check_config
+from bertpt.training.run_rules import per_device_batch_size, skip_in_one_process
 
 TINY = dict(vocab_size=8192, hidden_size=128, num_attention_heads=2, intermediate_size=512)
 
@@ -81,7 +82,7 @@ def test_run_rules():
 
 def test_rules_import_neither_torch_nor_lightning():
     code = (
-        "import sys, bertpt.model_rules, bertpt.run_rules\n"
+        "import sys, bertpt.model.rules, bertpt.training.run_rules\n"
         "print(sorted({'torch', 'lightning'} & set(sys.modules)))\n"
     )
     out = subprocess.run(

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from runs import ROOT, losses_by_step, make_cfg, read_metrics, run_cli
 
-from bertpt import run_folder
-from bertpt.errors import UserError
+from bertpt.common.errors import UserError
+from bertpt.runs import folder as run_folder
 from bertpt.train import train
 
 FAST = ["+experiment=tiny", "+debug=fast", "export_hf=false"]

@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from bertpt.bench_data import synthetic_corpus
-from bertpt.corpus import read_documents
-from bertpt.store import DocumentStore, build_store
-from bertpt.tokenizer import load_tokenizer, train_tokenizer
+from bertpt.benchmarks.data import synthetic_corpus
+from bertpt.data.corpus import read_documents
+from bertpt.data.store import DocumentStore, build_store
+from bertpt.data.tokenizer import load_tokenizer, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_a_killed_build_leaves_nothing_the_next_build_trips_over(corpus, tmp_pat
     path, tok = corpus
     cache = tmp_path / "cache"
     hang = (
-        "import sys, time, bertpt.store as s\n"
+        "import sys, time, bertpt.data.store as s\n"
         "def hang(tmp, *args):\n"
         "    (tmp / 'tokens.arrow').write_bytes(b'half written')\n"
         "    print('building', flush=True)\n"

@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from runs import ROOT, read_metrics, run_cli
 
-from bertpt.sweep import NO_RECORD, STATUS_FILE, SweepSummary, main, summarise
+from bertpt.runs.sweeps import NO_RECORD, STATUS_FILE, SweepSummary, main, summarise
 
 SWEEP_ARGS = ["+experiment=tiny", "+debug=fast", "export_hf=false", "logger=csv"]
 # This checkout's bertpt and conf/ in the sweep's process, whatever copy is installed.

@@ -13,9 +13,9 @@ from tokenizers import trainers
 from transformers import AutoTokenizer, BertTokenizerFast
 
 import bertpt
-from bertpt.bench_tokenizer import main as bench_main
-from bertpt.errors import UserError
-from bertpt.tokenizer import (
+from bertpt.benchmarks.tokenizer import main as bench_main
+from bertpt.common.errors import UserError
+from bertpt.data.tokenizer import (
     SPECIAL_TOKENS,
     build_tokenizer,
     copy_tokenizer,
@@ -25,7 +25,7 @@ from bertpt.tokenizer import (
     tokenizer_hash,
     train_tokenizer,
 )
-from bertpt.wordpiece import count_words, train_vocab
+from bertpt.data.wordpiece import count_words, train_vocab
 
 
 def test_specials_and_files(tokenizer_dir):

@@ -13,10 +13,10 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import OmegaConf
 from runs import ROOT, free_port, losses_by_step, make_cfg, read_metrics, run_cli
 
-from bertpt.config_check import check_config
-from bertpt.errors import UserError
-from bertpt.run_rules import per_device_batch_size
+from bertpt.common.errors import UserError
 from bertpt.train import train
+from bertpt.training.config_check import check_config
+from bertpt.training.run_rules import per_device_batch_size
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
@@ -162,8 +162,8 @@ def test_base_experiment_smoke(tmp_path, data_dir):
 
 def test_overfit_one_batch(data_dir, tmp_path):
     """One fixed batch, 40 steps: the MLM + NSP loss must fall far."""
-    from bertpt.datamodule import PretrainDataModule
-    from bertpt.module import BertPretrainModule
+    from bertpt.training.datamodule import PretrainDataModule
+    from bertpt.training.module import BertPretrainModule
 
     cfg = make_cfg(tmp_path, data_dir, "+experiment=tiny", "+debug=fast")
     dm = PretrainDataModule(cfg.data, cfg.tokenizer, cfg.paths, seed=0)
@@ -269,9 +269,9 @@ def test_multirun_two_jobs(tmp_path, data_dir):
 
 def test_init_from_keeps_gradient_checkpointing(tmp_path):
     """Starting from a Hugging Face folder keeps the run's gradient_checkpointing setting."""
-    from bertpt.hf import to_hf
-    from bertpt.model import BertConfig, BertForPreTraining
-    from bertpt.module import BertPretrainModule
+    from bertpt.model.bert import BertConfig, BertForPreTraining
+    from bertpt.model.hf import to_hf
+    from bertpt.training.module import BertPretrainModule
 
     small = dict(
         vocab_size=64,
@@ -320,8 +320,8 @@ def test_optuna_sweep_minimises_val_mlm_loss(tmp_path, data_dir):
 def test_fsdp_config_wraps_each_layer_and_falls_back_on_cpu(tmp_path, caplog):
     """trainer=fsdp: one FSDP unit per BertLayer (the tied embedding/decoder stay in the root);
     without a GPU it warns and runs on one CPU device (Lightning's FSDP is GPU-only)."""
-    from bertpt.model import BertConfig, BertForPreTraining, BertLayer
-    from bertpt.pretrain import AtomicCheckpointIO, build_trainer
+    from bertpt.model.bert import BertConfig, BertForPreTraining, BertLayer
+    from bertpt.training.fit import AtomicCheckpointIO, build_trainer
 
     cfg = make_cfg(tmp_path, tmp_path, "+experiment=large", "logger=csv")
     assert cfg.trainer.strategy._target_.endswith("FSDPStrategy")
@@ -349,7 +349,7 @@ def test_fsdp_config_wraps_each_layer_and_falls_back_on_cpu(tmp_path, caplog):
 def test_gpu_config_on_a_cpu_turns_compile_off(tmp_path, caplog):
     """trainer=gpu compiles on a GPU; on a CPU it runs eager (inductor on a CPU costs minutes
     for nothing), while a CPU config that asks for trainer.compile keeps it."""
-    from bertpt.pretrain import build_trainer
+    from bertpt.training.fit import build_trainer
 
     gpu = make_cfg(tmp_path, tmp_path, "trainer=gpu", "logger=csv")
     assert gpu.trainer.compile is True
@@ -367,7 +367,7 @@ def test_validation_set_is_the_same_at_every_epoch(tmp_path, data_dir):
     """Lightning sets the epoch of validation samplers too; pairs and masks must not follow it."""
     from lightning.fabric.utilities.data import _set_sampler_epoch
 
-    from bertpt.datamodule import PretrainDataModule
+    from bertpt.training.datamodule import PretrainDataModule
 
     cfg = make_cfg(tmp_path, data_dir, "+experiment=tiny", "+debug=fast")
     dm = PretrainDataModule(cfg.data, cfg.tokenizer, cfg.paths, seed=0)
@@ -487,7 +487,7 @@ def test_two_nodes_under_slurm_variables(tmp_path, data_dir):
 def test_trainer_plugins_from_config_are_kept(tmp_path):
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from bertpt.pretrain import AtomicCheckpointIO, build_trainer
+    from bertpt.training.fit import AtomicCheckpointIO, build_trainer
 
     cfg = make_cfg(tmp_path, tmp_path, "+experiment=tiny", "logger=csv", "trainer=cpu")
     assert isinstance(build_trainer(cfg)[0].strategy.checkpoint_io, AtomicCheckpointIO)
@@ -503,7 +503,7 @@ def test_trainer_plugins_from_config_are_kept(tmp_path):
 def test_small_validation_set_is_served_in_passes(tmp_path, data_dir):
     """A validation split of fewer pairs than data.val_min_pairs is served in several passes
     (epochs 0, 1, ...: other pairs and masks), the same at every check, capped at val_max_pairs."""
-    from bertpt.datamodule import PretrainDataModule
+    from bertpt.training.datamodule import PretrainDataModule
 
     cfg = make_cfg(
         tmp_path, data_dir, "+experiment=tiny", "data.val_min_pairs=1000", "data.val_max_pairs=1500"

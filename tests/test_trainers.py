@@ -95,8 +95,8 @@ def test_resume_is_exact_and_exports_the_trained_weights(tmp_path, data_dir, tra
     assert sorted(b) == [4, 5]
     assert all(a[s] == b[s] for s in (4, 5)), (a, b)
 
-    from bertpt.export import export
-    from bertpt.hf import from_hf
+    from bertpt.model.hf import from_hf
+    from bertpt.training.export import export
 
     export(full / "checkpoints" / "last.ckpt", tmp_path / "from_ckpt")
     at_end, from_ckpt = from_hf(full / "hf"), from_hf(tmp_path / "from_ckpt")
@@ -209,10 +209,10 @@ def test_wandb_that_cannot_start_falls_back_to_csv(tmp_path, data_dir, caplog):
         "export_hf=false",
         "+logger.wandb.settings.mode=bogus",
     )
-    with caplog.at_level("WARNING", logger="bertpt.loggers"):
+    with caplog.at_level("WARNING", logger="bertpt.training.loggers"):
         metrics = train(cfg)
     assert math.isfinite(metrics["train/loss"])
-    warnings = [r for r in caplog.records if r.name == "bertpt.loggers"]
+    warnings = [r for r in caplog.records if r.name == "bertpt.training.loggers"]
     assert len(warnings) == 1 and "logger wandb cannot start" in warnings[0].getMessage()
     assert "bogus" in warnings[0].getMessage()
     assert len(losses_by_step(run_dir)) == 4 and not list(run_dir.glob("wandb/offline-run-*"))

@@ -1,8 +1,9 @@
-"""The unpadded path (bertpt.model.Packing, model.unpad) against the padded one and the reference.
+"""The unpadded path (bertpt.model.bert.Unpadding, model.unpad) against the padded one and the
+reference.
 
 On a CPU the unpadded path's attention runs through torch's fallback for jagged tensors; on a
 GPU the same call reaches FlashAttention's variable-length kernel (tests/test_gpu.py). What is
-checked here is everything around that call: which rows are packed, their positions and token
+checked here is everything around that call: which rows are kept, their positions and token
 types, the [CLS] and predicted rows, the gradients through the gathers, and a real run.
 """
 
@@ -15,7 +16,8 @@ import torch
 from runs import losses_by_step, make_cfg, train_without_recompiling
 from test_model import CONFIGS, TOL, make_batch, make_pair, small_config
 
-from bertpt.model import BertConfig, BertForPreTraining, Packing
+from bertpt.model.bert import BertConfig, BertForPreTraining
+from bertpt.model.kernels import Unpadding
 from bertpt.train import train
 
 transformers = pytest.importorskip("transformers")
@@ -36,18 +38,18 @@ def test_packing_indexes_the_real_tokens():
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
     labels = torch.full((3, 4), -100)
     labels[0, 2] = labels[2, 0] = labels[2, 3] = 7
-    p = Packing.of(mask, labels)
+    p = Unpadding.of(mask, labels)
     assert p.tokens.tolist() == [0, 1, 2, 4, 8, 9, 10, 11]
     assert p.offsets.tolist() == [0, 3, 4, 8] and p.max_len == 4 and p.min_len == 1
     # SDPA picks its kernel by the shortest and longest sequence: given, no device read.
     nested = p.to("cpu").nested(torch.zeros(8, 2, 5))  # (B, nh, j, hs)
     assert (nested._maybe_min_seqlen, nested._maybe_max_seqlen) == (1, 4)
-    assert p.predicted.tolist() == [2, 4, 7]  # rows of the packed tokens, row-major
+    assert p.predicted.tolist() == [2, 4, 7]  # rows of the real tokens, row-major
     x = torch.arange(12.0).view(3, 4, 1)
     assert torch.equal(p.scatter(p.gather(x), 3), x * mask[..., None])
     labels[1, 2] = 5  # a label on a padded position
     with pytest.raises(ValueError, match="labels at padded positions"):
-        Packing.of(mask, labels)
+        Unpadding.of(mask, labels)
 
 
 @pytest.mark.parametrize("spec", CONFIGS, ids=lambda s: f"{s['hidden_act']}-{s['attn']}")
@@ -75,7 +77,7 @@ def test_unpadded_outputs_match_transformers(spec):
     torch.testing.assert_close(out.loss, ref_loss, **TOL)
 
 
-@pytest.mark.parametrize("given", [False, True], ids=["from-config", "packing-given"])
+@pytest.mark.parametrize("given", [False, True], ids=["from-config", "unpadding-given"])
 def test_unpadded_losses_and_gradients_equal_the_padded_path(given):
     """Training mode (dropout off so both draw nothing): every gradient equal to 1e-5."""
     torch.manual_seed(0)
@@ -84,12 +86,12 @@ def test_unpadded_losses_and_gradients_equal_the_padded_path(given):
         max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )  # fmt: skip
     padded = BertForPreTraining(dataclasses.replace(config, unpad=False)).train()
-    # An explicit packing takes the unpadded path whatever config.unpad says.
+    # An explicit unpadding takes the unpadded path whatever config.unpad says.
     unpadded = BertForPreTraining(dataclasses.replace(config, unpad=not given)).train()
     unpadded.load_state_dict(padded.state_dict())
     batch = heavily_padded(config)
     ref = padded(**batch)
-    extra = {"packing": Packing.of(batch["attention_mask"], batch["labels"])} if given else {}
+    extra = {"unpadding": Unpadding.of(batch["attention_mask"], batch["labels"])} if given else {}
     out = unpadded(**batch, **extra)
     for name in ("loss", "mlm_loss", "nsp_loss", "seq_relationship_logits"):
         torch.testing.assert_close(getattr(out, name), getattr(ref, name), **TOL, msg=name)
@@ -103,14 +105,14 @@ def test_unpadded_losses_and_gradients_equal_the_padded_path(given):
 
 def test_unpad_auto_is_padded_on_a_cpu():
     model = BertForPreTraining(small_config(hidden_size=16))  # head size 8
-    assert model.config.unpad == "auto" and not model.bert.packs("cpu")
-    assert model.bert.packs("cuda")
+    assert model.config.unpad == "auto" and not model.bert.unpads("cpu")
+    assert model.bert.unpads("cuda")
     odd = BertForPreTraining(small_config(hidden_size=12))
-    assert not odd.bert.packs("cuda")  # head size 6, not FlashAttention's: padded unless asked
+    assert not odd.bert.unpads("cuda")  # head size 6, not FlashAttention's: padded unless asked
     odd.set_speed(unpad=True)
-    assert odd.bert.packs("cuda")
+    assert odd.bert.unpads("cuda")
     model.set_speed(unpad=True)
-    assert model.bert.packs("cpu")
+    assert model.bert.unpads("cpu")
     with pytest.raises(ValueError, match="unpad"):
         model.set_speed(unpad="sometimes")
 
@@ -153,7 +155,7 @@ def test_compiled_unpadded_layer_breaks_only_at_the_attention_call():
         breaks = dict(counters["graph_break"])
     finally:
         torch._dynamo.reset()
-    assert breaks and all("_jagged_attention" in reason for reason in breaks), breaks
+    assert breaks and all("jagged_attention" in reason for reason in breaks), breaks
     for op in ("layer_norm", "gelu", "dropout"):  # both LayerNorms, the GELU, both dropouts
         assert sum(op in o for o in ops) == {"layer_norm": 4, "gelu": 2, "dropout": 4}[op], ops
 
@@ -174,7 +176,7 @@ def test_unpadded_run_equals_the_padded_run(tmp_path, data_dir, caplog):
     runs = {}
     for name, overrides in legs.items():
         runs[name] = tmp_path / name
-        with caplog.at_level("INFO", logger="bertpt.module"):
+        with caplog.at_level("INFO", logger="bertpt.training.module"):
             train(make_cfg(runs[name], data_dir, *common, *overrides))
     assert caplog.text.count("compiled the encoder layers") == 1
     padded = losses_by_step(runs["padded"])
