@@ -8,13 +8,12 @@ import os
 
 import pytest
 import torch
+import transformers  # the reference: a test dependency, missing is an error
 from safetensors.torch import save_file
 
 from bertpt.common.errors import UserError
 from bertpt.model.bert import BertConfig, BertForPreTraining
 from bertpt.training.export import export, main
-
-transformers = pytest.importorskip("transformers")
 
 KW = dict(vocab_size=70, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
 KW |= dict(intermediate_size=32, max_position_embeddings=20)

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # the reference: a test dependency, missing is an error
 
 from bertpt.common.errors import UserError
 from bertpt.model.bert import BertConfig, BertForPreTraining
 from bertpt.model.hf import config_from_hf_dict, from_hf, to_hf
-
-transformers = pytest.importorskip("transformers")
 
 KW = dict(vocab_size=90, hidden_size=24, num_hidden_layers=2, num_attention_heads=3)
 KW |= dict(intermediate_size=40, max_position_embeddings=24, hidden_act="gelu_new")

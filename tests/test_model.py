@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers  # the reference: a test dependency, missing is an error
 import yaml
 
 from bertpt.model.bert import BertConfig, BertForPreTraining
 from bertpt.model.kernels import Dropout
-
-transformers = pytest.importorskip("transformers")
 
 CONFIGS = [
     # odd sizes, three token types, exact GELU, HF's eager attention
@@ -293,9 +292,16 @@ def test_fused_mlm_head_matches_plain_loss_and_argmax():
     targets = batch["labels"][batch["labels"] != -100]
     torch.testing.assert_close(out.mlm_loss, F.cross_entropy(out.prediction_logits, targets))
     assert torch.equal(out.mlm_predictions, out.prediction_logits.argmax(-1))
-    # the lazily computed logits are differentiable like any other output
-    out.prediction_logits.sum().backward()
-    assert ours.cls.predictions.bias.grad is not None
+    # The lazily computed logits are differentiable like any other output: a loss on them gives
+    # every weight the gradient the same loss on Hugging Face's logits of those rows gives.
+    out.prediction_logits.pow(2).mean().backward()
+    ref = _hf(**batch).prediction_logits[batch["labels"] != -100]
+    ref.pow(2).mean().backward()
+    hf_grads = dict(_hf.named_parameters())
+    for name, p in ours.named_parameters():
+        if p.grad is not None or hf_grads[name].grad is not None:
+            torch.testing.assert_close(p.grad, hf_grads[name].grad, **TOL, msg=name)
+    assert ours.cls.predictions.bias.grad.abs().sum() > 0
 
 
 def test_two_forwards_share_the_workspace_safely():
@@ -383,7 +389,10 @@ def test_fused_head_has_no_second_order_gradient():
     model = BertForPreTraining(small_config())
     loss = model(**make_batch(model.config)).mlm_loss
     (g,) = torch.autograd.grad(loss, [model.cls.predictions.bias], create_graph=True)
-    with pytest.raises(RuntimeError):
+    # The fused loss computes its gradients in forward: asked for a graph of them, autograd
+    # gets a constant, so a second-order use fails loudly instead of giving zero.
+    assert g.grad_fn is None
+    with pytest.raises(RuntimeError, match="does not require grad and does not have a grad_fn"):
         g.sum().backward()
 
 

@@ -9,6 +9,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers  # the reference: a test dependency, missing is an error
 from runs import losses_by_step, make_cfg, read_metrics
 from test_hf import randomize
 
@@ -16,8 +17,6 @@ from bertpt.data.tokenizer import copy_tokenizer
 from bertpt.model.bert import BertConfig, BertForPreTraining
 from bertpt.model.hf import config_from_hf_dict, from_hf, hf_config_dict, to_hf
 from bertpt.train import train
-
-transformers = pytest.importorskip("transformers")
 
 KW = dict(vocab_size=90, hidden_size=24, num_hidden_layers=2, num_attention_heads=3)
 KW |= dict(intermediate_size=40, max_position_embeddings=20, type_vocab_size=1, pad_token_id=1)

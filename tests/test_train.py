@@ -18,6 +18,10 @@ from bertpt.train import train
 from bertpt.training.config_check import check_config
 from bertpt.training.run_rules import per_device_batch_size
 
+# What a config does on a machine without a GPU: skipped on one, where test_gpu.py checks the
+# GPU side.
+CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
@@ -317,11 +321,9 @@ def test_optuna_sweep_minimises_val_mlm_loss(tmp_path, data_dir):
     assert set(result.best_params) == {"optim.lr", "optim.warmup_steps"}
 
 
-def test_fsdp_config_wraps_each_layer_and_falls_back_on_cpu(tmp_path, caplog):
-    """trainer=fsdp: one FSDP unit per BertLayer (the tied embedding/decoder stay in the root);
-    without a GPU it warns and runs on one CPU device (Lightning's FSDP is GPU-only)."""
+def test_fsdp_config_wraps_each_layer(tmp_path):
+    """trainer=fsdp: one FSDP unit per BertLayer (the tied embedding/decoder stay in the root)."""
     from bertpt.model.bert import BertConfig, BertForPreTraining, BertLayer
-    from bertpt.training.fit import AtomicCheckpointIO, build_trainer
 
     cfg = make_cfg(tmp_path, tmp_path, "+experiment=large", "logger=csv")
     assert cfg.trainer.strategy._target_.endswith("FSDPStrategy")
@@ -337,8 +339,15 @@ def test_fsdp_config_wraps_each_layer_and_falls_back_on_cpu(tmp_path, caplog):
     )
     wrapped = [m for m in model.modules() if policy(module=m, recurse=False, nonwrapped_numel=0)]
     assert len(wrapped) == 3 and all(isinstance(m, BertLayer) for m in wrapped)
-    if torch.cuda.is_available():
-        return
+
+
+@CPU_ONLY
+def test_fsdp_config_falls_back_on_a_cpu(tmp_path, caplog):
+    """Without a GPU trainer=fsdp warns and runs on one CPU device (Lightning's FSDP is
+    GPU-only), still writing its checkpoints atomically."""
+    from bertpt.training.fit import AtomicCheckpointIO, build_trainer
+
+    cfg = make_cfg(tmp_path, tmp_path, "+experiment=large", "logger=csv")
     with caplog.at_level("WARNING", logger="bertpt.train"):
         trainer, _ = build_trainer(cfg)
     assert "no GPU here" in caplog.text
@@ -346,6 +355,7 @@ def test_fsdp_config_wraps_each_layer_and_falls_back_on_cpu(tmp_path, caplog):
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
+@CPU_ONLY
 def test_gpu_config_on_a_cpu_turns_compile_off(tmp_path, caplog):
     """trainer=gpu compiles on a GPU; on a CPU it runs eager (inductor on a CPU costs minutes
     for nothing), while a CPU config that asks for trainer.compile keeps it."""
@@ -354,8 +364,6 @@ def test_gpu_config_on_a_cpu_turns_compile_off(tmp_path, caplog):
     gpu = make_cfg(tmp_path, tmp_path, "trainer=gpu", "logger=csv")
     assert gpu.trainer.compile is True
     cpu = make_cfg(tmp_path, tmp_path, "trainer.compile=true", "logger=csv")
-    if torch.cuda.is_available():
-        return
     with caplog.at_level("WARNING", logger="bertpt.train"):
         trainer, speed = build_trainer(gpu)
     assert "not compiled" in caplog.text and speed["compile"] is False

@@ -13,14 +13,13 @@ import dataclasses
 
 import pytest
 import torch
+import transformers  # the reference: a test dependency, missing is an error
 from runs import losses_by_step, make_cfg, train_without_recompiling
 from test_model import CONFIGS, TOL, make_batch, make_pair, small_config
 
 from bertpt.model.bert import BertConfig, BertForPreTraining
 from bertpt.model.kernels import Unpadding
 from bertpt.train import train
-
-transformers = pytest.importorskip("transformers")
 
 
 def heavily_padded(config: BertConfig) -> dict:
