@@ -143,8 +143,10 @@ def test_seq_longer_than_positions(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_base_experiment_smoke(tmp_path, data_dir):
-    """`+experiment=base` starts on a CPU-only machine (warns, falls back) and takes 2 steps."""
+@CPU_ONLY
+def test_base_experiment_smoke(tmp_path, data_dir, caplog):
+    """`+experiment=base` starts on a CPU-only machine (warns, falls back to one CPU device,
+    eager) and takes 2 steps."""
     cfg = make_cfg(
         tmp_path / "run",
         data_dir,
@@ -160,8 +162,14 @@ def test_base_experiment_smoke(tmp_path, data_dir):
         "export_hf=false",
         "logger=csv",
     )
-    metrics = train(cfg)
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.compile is True  # what base asks
+    with caplog.at_level("WARNING"):
+        metrics = train(cfg)
+    assert "no GPU here: running on the CPU with 1 device" in caplog.text
+    assert "not compiled (asked: " in caplog.text
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2
 
 
 def test_overfit_one_batch(data_dir, tmp_path):
