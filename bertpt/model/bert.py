@@ -4,8 +4,9 @@
 Module and parameter names follow Hugging Face `transformers` (`modeling_bert.py`) so that
 `BertForPreTraining.state_dict()` has exactly the keys of `transformers.BertForPreTraining` and a
 checkpoint maps across without a single rename. What HF carries for other uses (cross-attention,
-KV cache, head masks, attention outputs) is left out. Imports torch, the standard library and
-``bertpt.model.rules`` (BertConfig's validation, shared with the config check) only.
+KV cache, head masks, attention outputs) is left out. Imports torch, the standard library,
+``bertpt.model.kernels`` (the fused and unpadded pieces) and ``bertpt.model.rules`` (BertConfig's
+validation, shared with the config check) only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-# BertConfig's rules, shared with the config check (torch-free).
 from bertpt.model.kernels import (
     IGNORE_INDEX,
     DecoderCrossEntropy,
@@ -30,6 +30,8 @@ from bertpt.model.kernels import (
     jagged_attention,
     padded_rows,
 )
+
+# BertConfig's rules, shared with the config check (torch-free).
 from bertpt.model.rules import check_model, position_offset
 
 # HF's ACT2FN names, those of bertpt.model.rules.ACTIVATIONS, which BertConfig accepts; "gelu" is

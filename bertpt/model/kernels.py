@@ -20,7 +20,7 @@ from torch import nn
 IGNORE_INDEX = -100  # label of a position that is not predicted (HF and PyTorch convention)
 
 
-def matmul_dtype(device: torch.device, weight: torch.Tensor) -> torch.dtype | None:
+def _matmul_dtype(device: torch.device, weight: torch.Tensor) -> torch.dtype | None:
     """The precision nn.Linear would use for the projection: autocast's, a half-precision
     model's own (bf16-true), or None for fp32."""
     if torch.is_autocast_enabled(device.type):
@@ -42,7 +42,7 @@ def padded_rows(rows: torch.Tensor, decoder: nn.Linear) -> torch.Tensor:
     """`rows`, its last index repeated up to a multiple of ROW_BUCKET where the projection runs
     in low precision on a CPU (see ROW_BUCKET); unchanged elsewhere."""
     pad = -len(rows) % ROW_BUCKET
-    if not pad or rows.device.type != "cpu" or matmul_dtype(rows.device, decoder.weight) is None:
+    if not pad or rows.device.type != "cpu" or _matmul_dtype(rows.device, decoder.weight) is None:
         return rows
     return torch.cat((rows, rows[-1:].expand(pad)))
 
@@ -67,7 +67,7 @@ class DecoderCrossEntropy(torch.autograd.Function):
         N, R, V = len(targets), len(hidden), weight.shape[0]
         all_logits = workspace[: R * V].view(R, V)
         logits = all_logits[:N]
-        low = matmul_dtype(hidden.device, weight)
+        low = _matmul_dtype(hidden.device, weight)
         with torch.autocast(hidden.device.type, enabled=False):
             # Under autocast the projection runs in its precision, as nn.Linear would; the
             # weight and hidden states are cast once and serve the gradients too.
