@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import os
 import socket
@@ -123,3 +124,38 @@ def train_without_recompiling(model, batches, autocast: str | None = None) -> No
     finally:
         torch.compiler.set_stance("default")
         torch._dynamo.reset()
+
+
+def readme_python_examples() -> list[tuple[int, str]]:
+    """(first line, source) of each fenced ``python`` block of the README."""
+    blocks: list[tuple[int, list[str]]] = []
+    inside = False
+    for n, line in enumerate((ROOT / "README.md").read_text().splitlines(), 1):
+        if line.startswith("```"):
+            inside = not inside and line[3:].strip() == "python"
+        elif inside and blocks and n == blocks[-1][0] + len(blocks[-1][1]):
+            blocks[-1][1].append(line)
+        elif inside:
+            blocks.append((n, [line]))
+    return [(n, "\n".join(block)) for n, block in blocks]
+
+
+def run_readme_example(marker: str, paths: dict[str, str]) -> dict:
+    """Run the README's python block that contains ``marker``, its placeholder paths replaced
+    (``paths``: README text -> real path; each must occur), and return its variables; the value
+    of a last bare expression (``fill("...")``) is ``_``."""
+    found = [(n, s) for n, s in readme_python_examples() if marker in s]
+    assert len(found) == 1, f"README.md has {len(found)} python blocks with {marker!r}"
+    line, source = found[0]
+    for placeholder, real in paths.items():
+        literal = f'"{placeholder}"'
+        assert literal in source, f"README.md:{line}: the example has no {literal}"
+        source = source.replace(literal, repr(str(real)))
+    tree = ast.parse(source)
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = tree.body[-1]
+        tree.body[-1] = ast.Assign(targets=[ast.Name("_", ast.Store())], value=last.value)
+        ast.fix_missing_locations(tree)
+    namespace: dict = {"__name__": "readme_example"}
+    exec(compile(tree, f"README.md:{line}", "exec"), namespace)
+    return namespace

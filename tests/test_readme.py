@@ -36,7 +36,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
-from runs import ROOT
+from runs import ROOT, run_readme_example
 
 README = ROOT / "README.md"
 LINES = README.read_text().splitlines()
@@ -181,6 +181,48 @@ def test_train_command_composes(line, args):
         try:
             compose_train(job)
         except Exception as e:
+            pytest.fail(f"README.md:{line}: python -m bertpt.train {' '.join(job)}: {e}")
+
+
+@pytest.fixture(scope="module")
+def real_paths(tmp_path_factory, default_corpus) -> dict[str, str]:
+    """The README's placeholder paths, each made real in the shape its command expects."""
+    import datasets
+    from transformers import RobertaConfig
+
+    d = tmp_path_factory.mktemp("readme_paths")
+    docs = default_corpus.read_text().split("\n\n")[:20]
+    (d / "folder").mkdir()
+    for i, doc in enumerate(docs):
+        (d / "folder" / f"{i}.txt").write_text(doc)
+    datasets.Dataset.from_dict({"body": docs}).save_to_disk(str(d / "saved"))
+    RobertaConfig().save_pretrained(d / "roberta-base")  # what snapshot_download leaves
+    return {
+        "/path/to/corpus.txt": str(default_corpus),
+        "/path/to/folder_of_txt": str(d / "folder"),
+        "/path/to/saved_dataset": str(d / "saved"),
+        "model.init_from=roberta-base": f"model.init_from={d / 'roberta-base'}",
+    }
+
+
+@pytest.mark.parametrize("line, args", train_calls(), ids=ids(train_calls()))
+def test_train_command_passes_the_config_check(line, args, real_paths, data_dir, tmp_path):
+    """Each job of each README train command passes the check a run makes before it starts
+    (overrides, then the composed config), its placeholder paths made real."""
+    from bertpt.common.errors import UserError
+    from bertpt.training.config_check import check_config, check_overrides
+
+    for job in jobs_of(args):
+        real = []
+        for arg in job:
+            for placeholder, path in real_paths.items():
+                arg = arg.replace(placeholder, path)
+            real.append(arg)
+        try:
+            check_overrides(real)
+            cfg = compose_train([*real, f"paths.data_dir={data_dir}"])
+            check_config(cfg, tmp_path / "run")
+        except UserError as e:
             pytest.fail(f"README.md:{line}: python -m bertpt.train {' '.join(job)}: {e}")
 
 
@@ -438,6 +480,55 @@ def test_python_example_imports_and_calls_bind(line, source):
             assert check_calls(tree, names) > 0
     except (AssertionError, TypeError) as e:
         pytest.fail(f"README.md:{line}: {e}")
+
+
+# Each python example runs for real somewhere, its placeholder paths pointed at real ones: the
+# marker that finds it -> the test that runs it.
+EXAMPLES_RUN = {
+    "NSPPairDataset.from_files": "test_readme.py::test_the_data_pipeline_example_runs",
+    "BertForPreTraining.from_pretrained": "test_readme.py::test_the_export_example_loads",
+    'pipeline("fill-mask"': (
+        "test_roberta.py::test_roberta_tiny_trains_mlm_only_and_exports_for_fill_mask"
+    ),
+}
+
+
+@pytest.mark.parametrize("line, source", python_blocks(), ids=ids(python_blocks()))
+def test_every_python_example_is_run_by_a_test(line, source):
+    runners = [test for marker, test in EXAMPLES_RUN.items() if marker in source]
+    assert len(runners) == 1, f"README.md:{line}: no test runs this example; add it to EXAMPLES_RUN"
+    file, name = runners[0].split("::")
+    body = re.search(rf"^def {name}\(.*?(?=^\S)", (ROOT / "tests" / file).read_text(), re.M | re.S)
+    assert body and "run_readme_example(" in body.group(0), f"{runners[0]} does not run it"
+
+
+def test_the_data_pipeline_example_runs(default_corpus, tokenizer_dir, tmp_path, monkeypatch):
+    """Three epochs of the README's loop over the default corpus, two workers: the batches hold
+    the fields its comment names."""
+    monkeypatch.setenv("BERTPT_CACHE", str(tmp_path / "cache"))  # not the user's ~/.cache
+    seen = run_readme_example(
+        "NSPPairDataset.from_files",
+        {"data/corpus.txt": default_corpus, "data/tokenizer": tokenizer_dir},
+    )
+    batch, line = seen["batch"], next(n for n, s in python_blocks() if "from_files" in s)
+    named = re.search(r"\.\.\.\s+# (.*)", next(s for n, s in python_blocks() if n == line))
+    fields = {f.split(" ")[0] for f in named.group(1).split(", ")}
+    assert set(batch) == fields, f"README.md:{line}: batches hold {sorted(batch)}"
+    assert seen["epoch"] == 2 and batch["input_ids"].shape[1] <= 128
+    assert (batch["labels"] != -100).any() and set(batch["next_sentence_label"].tolist()) <= {0, 1}
+
+
+def test_the_export_example_loads(finished_run):
+    """The README's transformers lines on a real export: the model and tokenizer load, and the
+    tokenizer's [MASK] is the one the model was trained with."""
+    run, _ = finished_run
+    seen = run_readme_example("BertForPreTraining.from_pretrained", {"hf_model": run / "hf"})
+    model, tokenizer = seen["model"], seen["tokenizer"]
+    assert type(model).__name__ == "BertForPreTraining"
+    assert model.config.vocab_size == len(tokenizer)
+    ids = tokenizer("Return the [MASK] of the object.", return_tensors="pt")
+    assert tokenizer.mask_token_id in ids["input_ids"][0].tolist()
+    assert model(**ids).prediction_logits.shape[-1] == len(tokenizer)
 
 
 # --- (g) where a run's tokenizer goes ----------------------------------------------------------

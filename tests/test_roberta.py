@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers  # the reference: a test dependency, missing is an error
-from runs import losses_by_step, make_cfg, read_metrics
+from runs import losses_by_step, make_cfg, read_metrics, run_readme_example
 from test_hf import randomize
 
 from bertpt.data.tokenizer import copy_tokenizer
@@ -197,9 +197,11 @@ def test_roberta_tiny_trains_mlm_only_and_exports_for_fill_mask(tmp_path, data_d
     assert {"train/mlm_acc", "val/mlm_acc", "val/mlm_loss"} <= set(metrics)
     assert not set(NSP_KEYS) & (set(metrics) | _logged(run))
     assert "-bpe-v8192-cased-" in str(next((data_dir / "tokenizers").glob("*-bpe-*")))
-    fill = transformers.pipeline("fill-mask", model=str(run / "hf"))
-    assert type(fill.tokenizer).__name__ in ("RobertaTokenizerFast", "RobertaTokenizer")
-    predictions = fill("Return the <mask> of the object.")
+    seen = run_readme_example(
+        'pipeline("fill-mask"', {"outputs/train/runs/DATE_TIME/hf": run / "hf"}
+    )
+    assert type(seen["fill"].tokenizer).__name__ in ("RobertaTokenizerFast", "RobertaTokenizer")
+    predictions = seen["_"]  # the README's fill("... <mask> ...")
     assert len(predictions) == 5 and all("<mask>" not in p["sequence"] for p in predictions)
 
 
