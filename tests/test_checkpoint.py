@@ -2,49 +2,52 @@
 
 from __future__ import annotations
 
-import errno
+import re
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
+from faults import run_with_file_size_limit
 
-import bertpt.model.checkpoint as ckpt_mod
 from bertpt.common.errors import UserError
 from bertpt.model.bert import BertConfig
-from bertpt.model.checkpoint import atomic_torch_save, read_checkpoint
+from bertpt.model.checkpoint import atomic_torch_save, load_torch_file, read_checkpoint
 from bertpt.training.fit import AtomicCheckpointIO
 
-WRITER = """
+IMPORTS = """
 import sys, torch
+from bertpt.common.errors import UserError
 from bertpt.model.checkpoint import atomic_torch_save
-path, n = sys.argv[1], int(sys.argv[2])
-version = 0
-while True:
-    version += 1
-    # ~32 MB whose every element names the version: a torn write would mix versions or truncate
-    atomic_torch_save({"version": version, "w": torch.full((n,), float(version))}, path)
-    print(version, flush=True)
+"""
+# Saves a checkpoint of step 2 to sys.argv[1]: a million floats (4 MB), all 2.0.
+SAVE_STEP_2 = """
+try:
+    atomic_torch_save({"step": 2, "w": torch.full((1 << 20,), 2.0)}, sys.argv[1])
+except UserError as e:
+    print(e)
+    sys.exit(3)
 """
 
 
-def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+def test_failed_write_keeps_previous_checkpoint(tmp_path):
+    """The disk refuses a checkpoint (a real 1 MB file-size limit, as a full disk would): one
+    line names the file and the fix; the previous checkpoint is untouched and loads, and the
+    refused one's temporary file is gone."""
     path = tmp_path / "checkpoints" / "last.ckpt"
     io = AtomicCheckpointIO()
     io.save_checkpoint({"step": 1, "w": torch.arange(10.0)}, path)
+    before = path.read_bytes()
 
-    def crash_midway(obj, f):
-        f.write(b"partial bytes of a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(ckpt_mod.torch, "save", crash_midway)
-    with pytest.raises(UserError, match=r"cannot write .*No space left.* intact: free space"):
-        io.save_checkpoint({"step": 2, "w": torch.zeros(10)}, path)
-    monkeypatch.undo()
-
+    proc = run_with_file_size_limit(1 << 20, SAVE_STEP_2, str(path), imports=IMPORTS)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # The reason is the OSError's, or torch's zip writer's ("unexpected pos N vs M").
+    assert re.fullmatch(
+        rf"cannot write checkpoint {re.escape(str(path))}: the disk refused the write \(.+\) — "
+        rf"the previous checkpoint is intact: free space in {re.escape(str(path.parent))} and "
+        r"resume with ckpt_path=last\n",
+        proc.stdout,
+    ), proc.stdout
+    assert path.read_bytes() == before
     loaded = io.load_checkpoint(path)
     assert loaded["step"] == 1 and torch.equal(loaded["w"], torch.arange(10.0))
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"], "temp file left"
@@ -59,27 +62,42 @@ def test_overwrite_and_file_url(tmp_path):
         AtomicCheckpointIO().save_checkpoint({"v": 3}, path, storage_options={"x": 1})
 
 
+# Writes a checkpoint of version 2 (sys.argv[2] floats that all say 2.0) to sys.argv[1].
+WRITE_VERSION_2 = """
+atomic_torch_save({"version": 2, "w": torch.full((int(sys.argv[2]),), 2.0)}, sys.argv[1])
+"""
+
+
 def test_killed_writer_never_leaves_a_torn_file(tmp_path):
-    """SIGKILL a process that rewrites one 32 MB checkpoint in a loop, at several moments."""
-    path = tmp_path / "last.ckpt"
-    n = 8 * 1024 * 1024
-    for delay in (0.15, 0.4, 0.7):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(path), str(n)],
-            stdout=subprocess.PIPE,
-            text=True,
+    """The kernel kills a process in the middle of writing a checkpoint: it dies in the write
+    that would take the file past a size limit (SIGXFSZ), so the death lands at a known byte,
+    for certain. Killed after its first 4 kB, half way, or one byte short of the end, the writer
+    leaves the previous checkpoint at the path, whole, or no file at all; never a torn one. The
+    next write removes the dead writer's temporary file."""
+    n = 1 << 18  # 1 MB of floats
+    atomic_torch_save({"version": 2, "w": torch.full((n,), 2.0)}, tmp_path / "size" / "x.ckpt")
+    full = (tmp_path / "size" / "x.ckpt").stat().st_size
+
+    for limit, previous in ((4096, True), (full // 2, False), (full - 1, True)):
+        folder = tmp_path / f"at-{limit}-{previous}"
+        path = folder / "last.ckpt"
+        if previous:
+            atomic_torch_save({"version": 1, "w": torch.full((n,), 1.0)}, path)
+        proc = run_with_file_size_limit(
+            limit, WRITE_VERSION_2, str(path), str(n), imports=IMPORTS, kill=True
         )
-        first = proc.stdout.readline()  # one complete checkpoint exists before the kill
-        assert first.strip(), "writer died before its first checkpoint"
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        saved = torch.load(path, weights_only=True)
-        assert saved["w"].numel() == n
-        assert bool((saved["w"] == saved["version"]).all()), "a torn checkpoint was loaded"
-    # a kill may leave a temporary file beside `last`; the next write removes it
-    atomic_torch_save({"version": 0}, path)
-    assert [p.name for p in Path(tmp_path).iterdir()] == ["last.ckpt"]
+        # Killed in a write that took a file to `limit` bytes.
+        assert proc.returncode == -signal.SIGXFSZ, (limit, proc.returncode, proc.stderr[-3000:])
+        if previous:
+            saved = load_torch_file(path)  # a torn file is a UserError naming it
+            assert saved["version"] == 1 and torch.equal(saved["w"], torch.full((n,), 1.0)), limit
+        else:
+            assert not path.exists(), f"killed at byte {limit}, the writer left {path}"
+        # That file was the temporary, the first `limit` bytes of the `full` new checkpoint.
+        [tmp] = folder.glob(".last.ckpt.*.tmp")
+        assert tmp.stat().st_size == limit < full
+        atomic_torch_save({"version": 3}, path)
+        assert [p.name for p in folder.iterdir()] == ["last.ckpt"], "the dead writer's temp stays"
 
 
 def test_checkpoint_gets_the_usual_permissions(tmp_path):

@@ -2,7 +2,6 @@ import logging
 import socket
 import subprocess
 import sys
-import time
 
 import datasets
 import pytest
@@ -192,23 +191,40 @@ def test_concurrent_default_corpus_builds(default_corpus, tmp_path):
 QUOTED = 'He said "it works" and left. The (small) dog barked at Mr. Brown\'s cat. Ça va bien! '
 
 
-def test_a_huge_line_is_read_in_linear_time(tmp_path):
-    """sentencex alone takes ~15x longer for 4x the text (it pairs quotes across all of it)."""
+def test_a_huge_line_is_read_in_linear_time(tmp_path, monkeypatch):
+    """sentencex's work grows faster than its input (it pairs quotes across all of it): a huge
+    line is read in linear time when no call gets more than a bounded amount of it and the
+    calls' inputs add up to a bounded multiple of the line. Counted on the real sentencex, for
+    lines of n and 4n characters, of sentences or of one run-on sentence without a full stop."""
+    inputs: list[int] = []
 
-    def seconds(n: int) -> float:
-        f = tmp_path / f"{n}.txt"
-        f.write_text(QUOTED * (n // len(QUOTED)) + "\nSecond doc. Two.\n", encoding="utf-8")
-        best = float("inf")
-        for _ in range(2):  # the better of two: the CPU is shared
-            start = time.perf_counter()
-            first, second = read_documents(f, format="lines")
-            best = min(best, time.perf_counter() - start)
-        assert len(first) == 3 * (n // len(QUOTED)) and second == ["Second doc.", "Two."]
-        assert first[:3] == [s.strip() for s in segment("en", QUOTED)]
-        return best
+    def counted(language: str, text: str):
+        inputs.append(len(text))
+        return segment(language, text)  # the real one
 
-    one, four = seconds(1_000_000), seconds(4_000_000)
-    assert four < 8 * one, (one, four)
+    monkeypatch.setattr(corpus, "segment", counted)
+    run_on = "and then another word "
+
+    def segmented(n: int, unit: str) -> list[int]:
+        f = tmp_path / "line.txt"
+        text = unit * (n // len(unit))
+        f.write_text(text + "\nSecond doc. Two.\n", encoding="utf-8")
+        inputs.clear()
+        first, second = read_documents(f, format="lines")
+        assert second == ["Second doc.", "Two."]
+        if unit == QUOTED:
+            assert len(first) == 3 * (n // len(QUOTED))
+            assert first[:3] == [s.strip() for s in segment("en", QUOTED)]
+        else:
+            assert " ".join(first) == text.strip()
+        return list(inputs)
+
+    window = corpus.WINDOW_CHARS
+    for unit in (QUOTED, run_on):
+        one, four = segmented(500_000, unit), segmented(2_000_000, unit)
+        assert max(one + four) <= 2 * window, (unit, max(one + four), window)
+        assert sum(four) <= 2 * 2_000_000, (unit, sum(four))
+        assert 3.5 < sum(four) / sum(one) < 4.5, (unit, sum(one), sum(four))
 
 
 def test_long_text_gives_the_sentences_of_one_pass(default_corpus, monkeypatch):

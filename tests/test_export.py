@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 
 import pytest
 import torch
 import transformers  # the reference: a test dependency, missing is an error
+from hf_tokenizers import assert_encodes_like
 from safetensors.torch import save_file
 
 from bertpt.common.errors import UserError
 from bertpt.model.bert import BertConfig, BertForPreTraining
 from bertpt.training.export import export, main
 
-KW = dict(vocab_size=70, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
+KW = dict(vocab_size=2000, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
 KW |= dict(intermediate_size=32, max_position_embeddings=20)
 
 
@@ -30,12 +32,10 @@ def model():
 
 
 @pytest.fixture
-def tokenizer(tmp_path):
-    tok = tmp_path / "tokenizer"
-    tok.mkdir()
-    (tok / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
-    (tok / "tokenizer.json").write_text('{"model": "A"}')
-    return tok
+def tokenizer(tmp_path, tokenizer_dir):
+    """A copy of the session's trained WordPiece tokenizer (2,000 tokens, the model's
+    vocabulary), for a test to move into a run folder."""
+    return shutil.copytree(tokenizer_dir, tmp_path / "tokenizer")
 
 
 def sha256(path):
@@ -70,7 +70,7 @@ def test_safetensors_state_dict_with_config_beside_it(tmp_path, model, tokenizer
     save_file(sd, tmp_path / "weights.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))
     out = export(tmp_path / "weights.safetensors", tmp_path / "hf", tokenizer_dir=tokenizer)
-    assert (out / "vocab.txt").is_file()
+    assert_encodes_like(out, tokenizer)
     assert_same_model(out, model)
 
 
@@ -101,7 +101,7 @@ def test_state_dict_without_config_is_a_clear_error(tmp_path, model):
 def test_lightning_checkpoint_uses_its_tokenizer(tmp_path, model, tokenizer):
     write_ckpt(tmp_path / "step=10.ckpt", model, tokenizer_dir=tokenizer)
     out = export(tmp_path / "step=10.ckpt", tmp_path / "hf")
-    assert (out / "vocab.txt").read_text() == (tokenizer / "vocab.txt").read_text()
+    assert_encodes_like(out, tokenizer)
     assert "gradient_checkpointing" not in json.loads((out / "config.json").read_text())
     assert_same_model(out, model)
 
@@ -111,7 +111,7 @@ def test_run_folder(tmp_path, model, tokenizer):
     write_ckpt(run / "checkpoints" / "last.ckpt", model)
     tokenizer.rename(run / "tokenizer")
     out = export(run, tmp_path / "hf")
-    assert (out / "vocab.txt").is_file()
+    assert_encodes_like(out, run / "tokenizer")
     assert_same_model(out, model)
 
 
@@ -219,8 +219,8 @@ def test_unreadable_or_foreign_checkpoint_is_a_one_line_user_error(tmp_path, mod
 
 def test_mismatched_weights_name_the_file(tmp_path, model):
     torch.save(model.state_dict(), tmp_path / "model.pt")
-    (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict() | {"vocab_size": 71}))
-    with pytest.raises(UserError, match=r"word_embeddings\.weight has shape \(70, 16\)") as e:
+    (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict() | {"vocab_size": 2001}))
+    with pytest.raises(UserError, match=r"word_embeddings\.weight has shape \(2000, 16\)") as e:
         export(tmp_path / "model.pt", tmp_path / "hf", no_tokenizer=True)
     one_line_user_error(e, tmp_path / "model.pt")
     (tmp_path / "model.pt").write_bytes(b"\x00" * 10)
@@ -267,6 +267,7 @@ def test_real_lightning_checkpoint_of_a_run(tmp_path, tokenizer):
 
     out = export(run, tmp_path / "hf")
     assert_same_model(out, module.model.eval())
+    assert_encodes_like(out, run / "tokenizer")
     record = json.loads((out / "bertpt_export.json").read_text())
     assert record == {
         "source": str((run / "checkpoints" / "last.ckpt").resolve()),
@@ -306,26 +307,29 @@ def test_no_tokenizer_found_is_an_error_unless_no_tokenizer(tmp_path, model, cap
     assert json.loads((tmp_path / "hf/bertpt_export.json").read_text())["tokenizer_hash"] is None
 
 
-def test_tokenizer_with_another_hash_is_refused(tmp_path, model, tokenizer):
+def test_tokenizer_with_another_hash_is_refused(tmp_path, model, tokenizer, bpe_tokenizer_dir):
+    """The run folder holds another real tokenizer (the BPE one) than the checkpoint recorded."""
     run = tmp_path / "run"
     write_ckpt(
         run / "checkpoints" / "last.ckpt",
         model,
         tokenizer_hash=sha256(tokenizer / "tokenizer.json"),
     )
-    (run / "tokenizer").mkdir()
-    (run / "tokenizer" / "tokenizer.json").write_text('{"model": "B"}')
+    shutil.copytree(bpe_tokenizer_dir, run / "tokenizer")
     with pytest.raises(UserError) as e:
         export(run, tmp_path / "hf")
     msg = one_line_user_error(e, run / "tokenizer")
     assert sha256(tokenizer / "tokenizer.json") in msg
     assert sha256(run / "tokenizer" / "tokenizer.json") in msg
     assert "--tokenizer" in msg and "--allow-tokenizer-mismatch" in msg
+    assert not (tmp_path / "hf").exists()
 
     out = export(run, tmp_path / "hf", tokenizer_dir=tokenizer)
-    assert (out / "tokenizer.json").read_text() == '{"model": "A"}'
+    assert_encodes_like(out, tokenizer)
     out = export(run, tmp_path / "hf", allow_tokenizer_mismatch=True)
-    assert (out / "tokenizer.json").read_text() == '{"model": "B"}'
+    assert_encodes_like(out, bpe_tokenizer_dir)
+    record = json.loads((out / "bertpt_export.json").read_text())
+    assert record["tokenizer_hash"] == sha256(bpe_tokenizer_dir / "tokenizer.json")
 
 
 def test_export_never_deletes_what_is_not_an_export(tmp_path, model, tokenizer):

@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 import transformers  # the reference: a test dependency, missing is an error
+from faults import run_with_file_size_limit
+from hf_tokenizers import PAIR, TEXTS, assert_encodes_like
 
 from bertpt.common.errors import UserError
 from bertpt.model.bert import BertConfig, BertForPreTraining
@@ -51,21 +52,28 @@ def assert_clean_load(cls, path, allowed_unexpected=()):
     return model.eval()
 
 
-def test_to_hf_loads_in_transformers_with_the_same_outputs(tmp_path, batch):
-    ours = randomize(BertForPreTraining(BertConfig(**KW, gradient_checkpointing=True)))
-    tok = tmp_path / "tok"
-    tok.mkdir()
-    (tok / "vocab.txt").write_text("[PAD]\n[UNK]\n")
-    (tok / "tokenizer_config.json").write_text("{}")
-    out = to_hf(ours, tmp_path / "export", tokenizer_dir=tok)
+def test_to_hf_loads_in_transformers_with_the_same_outputs(tmp_path, tokenizer_dir):
+    """The export of a model and its trained tokenizer: transformers' tokenizer encodes a batch
+    (pairs, padded) on which its three BERT classes give bertpt's outputs."""
+    kw = KW | {"vocab_size": 2000}  # the tokenizer's
+    ours = randomize(BertForPreTraining(BertConfig(**kw, gradient_checkpointing=True)))
+    out = to_hf(ours, tmp_path / "export", tokenizer_dir=tokenizer_dir)
 
-    files = ["bertpt_export.json", "config.json", "model.safetensors", "tokenizer_config.json"]
-    assert sorted(p.name for p in out.iterdir()) == [*files, "vocab.txt"]
-    assert json.loads((out / "bertpt_export.json").read_text()) == {"tokenizer_hash": None}
+    files = ["bertpt_export.json", "config.json", "model.safetensors", "special_tokens_map.json"]
+    files += ["tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+    assert sorted(p.name for p in out.iterdir()) == files
+    digest = hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest()
+    assert json.loads((out / "bertpt_export.json").read_text()) == {"tokenizer_hash": digest}
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["BertForPreTraining"] and config["model_type"] == "bert"
     assert "gradient_checkpointing" not in config and config["hidden_act"] == "gelu_new"
 
+    hf_tok = assert_encodes_like(out, tokenizer_dir)
+    firsts, seconds = [PAIR[0], *TEXTS[:2]], [PAIR[1], *TEXTS[2:]]
+    length = KW["max_position_embeddings"]
+    batch = hf_tok(firsts, seconds, padding=True, truncation=True, max_length=length)
+    batch = dict(batch.convert_to_tensors("pt"))
+    assert batch["attention_mask"].min() == 0  # padded: the mask matters
     with torch.no_grad():
         ref = ours(**batch)
         seq, _ = ours.bert(**batch)
@@ -187,17 +195,37 @@ def test_missing_tokenizer_files_are_an_error(tmp_path):
         to_hf(model, tmp_path / "out", tokenizer_dir=tmp_path / "empty")
 
 
-def test_tokenizer_hash_is_recorded_beside_a_clean_config(tmp_path):
-    tok = tmp_path / "tok"
-    tok.mkdir()
-    (tok / "tokenizer.json").write_text('{"version": "1.0"}')
-    out = to_hf(BertForPreTraining(BertConfig(**KW)), tmp_path / "hf", tok, info={"step": 7})
-    digest = hashlib.sha256(b'{"version": "1.0"}').hexdigest()
+def test_tokenizer_hash_is_recorded_beside_a_clean_config(tmp_path, tokenizer_dir):
+    out = to_hf(
+        BertForPreTraining(BertConfig(**KW)), tmp_path / "hf", tokenizer_dir, info={"step": 7}
+    )
+    digest = hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest()
     assert json.loads((out / "bertpt_export.json").read_text()) == {
         "step": 7,
         "tokenizer_hash": digest,
     }
     assert digest not in (out / "config.json").read_text()
+
+
+def test_a_roberta_export_carries_its_bpe_tokenizer(tmp_path, bpe_tokenizer_dir):
+    """A RoBERTa model exported with its byte-level BPE tokenizer: transformers loads a
+    RoBERTa tokenizer that encodes like it, and RobertaForMaskedLM gives bertpt's logits on a
+    padded batch of its encodings (RoBERTa's positions count from the padding id)."""
+    # The tokenizer's vocabulary; RoBERTa's activation (transformers' RoBERTa MLM head applies
+    # exact gelu whatever hidden_act says).
+    kw = KW | {"vocab_size": 1000, "model_type": "roberta", "hidden_act": "gelu"}
+    ours = randomize(BertForPreTraining(BertConfig(**kw)))
+    out = to_hf(ours, tmp_path / "hf", tokenizer_dir=bpe_tokenizer_dir)
+    hf_tok = assert_encodes_like(out, bpe_tokenizer_dir)
+    assert type(hf_tok).__name__ in ("RobertaTokenizerFast", "RobertaTokenizer")  # one in v5
+    length = KW["max_position_embeddings"] - 2  # RoBERTa's positions start after the padding id
+    batch = hf_tok([TEXTS[3], *PAIR], padding=True, truncation=True, max_length=length)
+    batch = dict(batch.convert_to_tensors("pt"))
+    assert batch["attention_mask"].min() == 0
+    hf = assert_clean_load(transformers.AutoModelForMaskedLM, out)
+    assert type(hf).__name__ == "RobertaForMaskedLM"
+    with torch.no_grad():
+        torch.testing.assert_close(hf(**batch).logits, ours(**batch).prediction_logits)
 
 
 def test_a_new_export_replaces_the_old_folder_whole(tmp_path):
@@ -208,19 +236,41 @@ def test_a_new_export_replaces_the_old_folder_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temporary folder left
 
 
-def test_a_failed_export_leaves_the_old_folder_intact(tmp_path, monkeypatch):
-    out = to_hf(BertForPreTraining(BertConfig(**KW)), tmp_path / "hf")
+# Exports a model of the shape sys.argv[2] (JSON) and the tokenizer sys.argv[3] to sys.argv[1].
+EXPORT = """
+model = BertForPreTraining(BertConfig(**json.loads(sys.argv[2])))
+try:
+    to_hf(model, sys.argv[1], tokenizer_dir=sys.argv[3])
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+    sys.exit(3)
+"""
+
+
+def test_a_failed_export_leaves_the_old_folder_intact(tmp_path, tokenizer_dir, batch):
+    """A new export that the disk refuses (a real file-size limit below its weights file, as a
+    full disk would) leaves the old export as it was, loading with the old outputs, and no
+    temporary folder beside it."""
+    old = randomize(BertForPreTraining(BertConfig(**KW)))
+    out = to_hf(old, tmp_path / "hf", tokenizer_dir)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before["model.safetensors"]) > 32 << 10  # as the new one: over the limit below
 
-    def disk_full(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"half a safetensors file")
-        raise OSError(28, "No space left on device")
+    imports = (
+        "import json, sys\nfrom bertpt.model.bert import BertConfig, BertForPreTraining\n"
+        "from bertpt.model.hf import to_hf"
+    )
+    args = (str(out), json.dumps(KW), str(tokenizer_dir))
+    proc = run_with_file_size_limit(32 << 10, EXPORT, *args, imports=imports)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "File too large" in proc.stdout, proc.stdout
 
-    monkeypatch.setattr("bertpt.model.hf.save_file", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        to_hf(randomize(BertForPreTraining(BertConfig(**KW))), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]
+    hf = assert_clean_load(transformers.BertForPreTraining, out)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(**batch).prediction_logits, old(**batch).prediction_logits)
+    assert_encodes_like(out, tokenizer_dir)
 
 
 def test_a_folder_that_is_not_an_export_is_not_replaced(tmp_path):
