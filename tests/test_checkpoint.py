@@ -40,9 +40,10 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path):
 
     proc = run_with_file_size_limit(1 << 20, SAVE_STEP_2, str(path), imports=IMPORTS)
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-3000:]
-    # The reason is the OSError's, or torch's zip writer's ("unexpected pos N vs M").
+    # The reason is the OSError's, or that torch's zip writer stopped short.
     assert re.fullmatch(
-        rf"cannot write checkpoint {re.escape(str(path))}: the disk refused the write \(.+\) — "
+        rf"cannot write checkpoint {re.escape(str(path))}: the disk refused the write "
+        r"\((File too large|the file stopped short of its end)\) — "
         rf"the previous checkpoint is intact: free space in {re.escape(str(path.parent))} and "
         r"resume with ckpt_path=last\n",
         proc.stdout,

@@ -263,7 +263,10 @@ def test_a_failed_export_leaves_the_old_folder_intact(tmp_path, tokenizer_dir, b
     args = (str(out), json.dumps(KW), str(tokenizer_dir))
     proc = run_with_file_size_limit(32 << 10, EXPORT, *args, imports=imports)
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "File too large" in proc.stdout, proc.stdout
+    assert proc.stdout == (
+        f"UserError: cannot write the export {out}: the disk refused the write (File too large) "
+        f"— an export already there is intact: free space in {tmp_path} and export again\n"
+    )
 
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]

@@ -26,7 +26,6 @@ Lightning). This module imports no Lightning: exporting a checkpoint does not ne
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import pickle
 import re
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 
 from bertpt.common.atomic import temp_beside
-from bertpt.common.errors import UserError
+from bertpt.common.errors import UserError, refused_write
 from bertpt.model.bert import BertConfig
 
 MODEL_PREFIX = "model."  # attribute name of the BertForPreTraining in the LightningModule
@@ -61,20 +60,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         except (OSError, RuntimeError) as e:
-            # torch's zip writer reports a refused write as "unexpected pos N vs M"
-            if isinstance(e, RuntimeError) and "inline_container" not in str(e):
+            error = refused_write(
+                e, "checkpoint", path, "the previous checkpoint is intact",
+                " and resume with ckpt_path=last",
+            )  # fmt: skip
+            if error is None:
                 raise
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
-            no_room = not isinstance(e, OSError) or e.errno in (
-                errno.ENOSPC,
-                errno.EDQUOT,
-                errno.EFBIG,
-            )
-            fix = f"free space in {path.parent}" if no_room else f"make {path.parent} writable"
-            raise UserError(
-                f"cannot write checkpoint {path}: the disk refused the write ({reason}) — the "
-                f"previous checkpoint is intact: {fix} and resume with ckpt_path=last"
-            ) from e
+            raise error from e
         os.replace(tmp, path)
     # Make the rename itself durable (a power cut after it must not bring back the old entry).
     with contextlib.suppress(OSError):
