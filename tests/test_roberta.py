@@ -133,6 +133,17 @@ def test_export_loads_in_transformers_without_missing_or_unexpected_keys(tmp_pat
         torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0, msg=k)
 
 
+@pytest.mark.parametrize("act", ["gelu_new", "relu"])
+def test_the_lm_head_takes_the_exact_gelu_as_transformers_does(tmp_path, batch, act):
+    """HF's RobertaLMHead applies the exact GELU whatever hidden_act says: an export of a model
+    with another activation gives the same logits there."""
+    ours = randomize(BertForPreTraining(BertConfig(**KW, model_type="roberta", hidden_act=act)))
+    hf = transformers.RobertaForMaskedLM.from_pretrained(to_hf(ours, tmp_path / "hf")).eval()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        torch.testing.assert_close(hf(**inputs).logits, ours(**inputs).prediction_logits, **TOL)
+
+
 def test_a_roberta_model_folder_gets_a_fresh_lm_head(tmp_path, caplog):
     """RobertaModel saves a pooler, which RoBERTa's MLM has no use for, and no lm_head."""
     hf = hf_roberta(transformers.RobertaModel)

@@ -332,7 +332,10 @@ class BertPredictionHeadTransform(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.transform_act_fn = ACTIVATIONS[config.hidden_act]
+        # RoBERTa's LM head takes the exact GELU whatever the encoder's activation (HF's
+        # RobertaLMHead), BERT's its hidden_act.
+        act = "gelu" if config.model_type == "roberta" else config.hidden_act
+        self.transform_act_fn = ACTIVATIONS[act]
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
