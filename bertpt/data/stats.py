@@ -22,6 +22,8 @@ from bertpt.data.pairs import NSPPairDataset
 from bertpt.data.store import DocumentStore
 from bertpt.data.tokenizer import special_token_ids
 
+UNK_LIMIT = 0.05  # the share of [UNK] tokens above which a tokenizer does not fit a corpus
+
 
 def _unk_count(store: DocumentStore, unk_id: int) -> int:
     if store.doc_ids is None:  # whole table: one vectorised pass over every Arrow chunk
@@ -84,6 +86,24 @@ def data_report(
     return report
 
 
+def check_store(store: DocumentStore, unk_id: int) -> None:
+    """Raise a UserError for a tokenized corpus that cannot train a model: no tokens, or a
+    tokenizer that does not fit it. Run while the data is prepared, before any logger starts."""
+    _check_tokens(len(store), store.num_tokens, _unk_count(store, unk_id))
+
+
+def _check_tokens(documents: int, tokens: int, unk: int) -> None:
+    if documents == 0 or tokens == 0:
+        raise UserError(
+            "the corpus yields no tokens — give a corpus with text, not only whitespace"
+        )
+    if unk / tokens > UNK_LIMIT:
+        raise UserError(
+            f"{unk / tokens:.1%} of the tokens are [UNK], so the tokenizer does not fit this "
+            "corpus — train one on it (drop tokenizer.path, or python -m bertpt.tokenizer)"
+        )
+
+
 def check_data(report: dict) -> None:
     """Raise a UserError naming the reason when the data cannot train a model."""
     if report["max_seq_length"] < 5:
@@ -91,10 +111,7 @@ def check_data(report: dict) -> None:
             f"max_seq_length ({report['max_seq_length']}) cannot hold [CLS] A [SEP] B [SEP] "
             "— use >= 5"
         )
-    if report["documents"] == 0 or report["tokens"] == 0:
-        raise UserError(
-            "the corpus yields no tokens — give a corpus with text, not only whitespace"
-        )
+    _check_tokens(report["documents"], report["tokens"], report["unk_rate"] * report["tokens"])
     if report.get("pairs_per_epoch", report.get("sequences_per_epoch")) == 0:
         raise UserError(
             "no usable pair: every document holds fewer than two tokens — give longer documents"
@@ -103,11 +120,6 @@ def check_data(report: dict) -> None:
         raise UserError(
             f"next-sentence prediction needs >= 2 documents, the corpus has {report['documents']} "
             "— add documents"
-        )
-    if report["unk_rate"] > 0.05:
-        raise UserError(
-            f"{report['unk_rate']:.1%} of the tokens are [UNK], so the tokenizer does not fit this "
-            "corpus — train one on it (drop tokenizer.path, or python -m bertpt.tokenizer)"
         )
 
 

@@ -23,7 +23,7 @@ from bertpt.data.collator import MaskingCollator
 from bertpt.data.corpus import build_default_corpus, check_corpus, corpus_fingerprint
 from bertpt.data.packing import CROSS_DOCUMENTS, PackedSentences
 from bertpt.data.pairs import NSPPairDataset
-from bertpt.data.stats import check_data, data_report
+from bertpt.data.stats import check_data, check_store, data_report
 from bertpt.data.store import DocumentStore, build_store
 from bertpt.data.tokenizer import (
     copy_tokenizer,
@@ -205,9 +205,11 @@ class PretrainDataModule(pl.LightningDataModule):
                 text_column=self.data["text_column"],
                 kind=self.tok_cfg["kind"],
             )
-        self._store(self.corpus)
+        # Data the tokenizer cannot cover stops the run here, before any logger starts.
+        unk_id = special_token_ids(tok)["unk"]
+        check_store(self._store(self.corpus), unk_id)
         if self.data["val_corpus"] is not None:
-            self._store(self.data["val_corpus"])
+            check_store(self._store(self.data["val_corpus"]), unk_id)
 
     @property
     def own_tokenizer_dir(self) -> Path:

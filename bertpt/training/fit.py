@@ -215,5 +215,5 @@ def _fit(
         data_report=getattr(datamodule, "report", None),
         skipped_steps=list(module.skipped_steps),
     )
-    print("\n" + report.finish_run(output_dir, facts), flush=True)
+    log.info("\n" + report.finish_run(output_dir, facts))  # the console and train.log
     return metrics
