@@ -30,6 +30,20 @@ class Payload:
         return (os.makedirs, (str(self.marker),))
 
 
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, data_dir) -> Path:
+    """A real 4-step run (checkpoints at steps 2 and 4, its tokenizer copy, its metrics): the
+    folder the resume checks start from. A test that changes it works on a copy (`copy_of`)."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    train(make_cfg(run_dir, data_dir, *FAST))
+    return run_dir
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    """The run folder copied to ``tmp_path/run``, its own checkpoints and history with it."""
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
 def one_error_line(proc) -> str:
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -59,9 +73,8 @@ def test_malicious_file_is_refused_and_never_runs(tmp_path, data_dir, tokenizer_
     assert not marker.exists()
 
 
-def test_truncated_checkpoint_is_one_line(tmp_path, data_dir):
-    run_dir = tmp_path / "run"
-    train(make_cfg(run_dir, data_dir, *FAST))
+def test_truncated_checkpoint_is_one_line(tmp_path, data_dir, trained_run):
+    run_dir = copy_of(trained_run, tmp_path)
     last = run_dir / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     proc = run_cli(
@@ -73,9 +86,8 @@ def test_truncated_checkpoint_is_one_line(tmp_path, data_dir):
     assert str(last) in line and "truncated" in line
 
 
-def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir):
-    run_dir = tmp_path / "run"
-    train(make_cfg(run_dir, data_dir, *FAST))
+def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir, trained_run):
+    run_dir = copy_of(trained_run, tmp_path)
     cfg = make_cfg(run_dir, data_dir, *FAST, "ckpt_path=last", "model.hidden_size=64")
     with pytest.raises(UserError, match=r"trained with hidden_size=128 \(this run: 64\)"):
         train(cfg)
@@ -128,12 +140,10 @@ def test_bad_tokenizer_path_is_an_error_not_a_new_tokenizer(tmp_path, data_dir, 
         train(cfg)
 
 
-@pytest.mark.slow
-def test_resume_keeps_the_run_tokenizer_from_any_directory(tmp_path, data_dir):
+def test_resume_keeps_the_run_tokenizer_from_any_directory(tmp_path, data_dir, trained_run):
     """A run resumed and exported from another working directory uses the run's own tokenizer
     copy; a tokenizer.path with another vocabulary is refused on resume."""
-    run_dir = tmp_path / "run"
-    run_cli([*FAST, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    run_dir = copy_of(trained_run, tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     run_cli(
@@ -150,10 +160,9 @@ def test_resume_keeps_the_run_tokenizer_from_any_directory(tmp_path, data_dir):
         train(cfg)
 
 
-def test_resume_refuses_a_changed_run_tokenizer(tmp_path, data_dir):
+def test_resume_refuses_a_changed_run_tokenizer(tmp_path, data_dir, trained_run):
     """The run's own tokenizer copy is checked against the hash in the checkpoint too."""
-    run_dir = tmp_path / "run"
-    train(make_cfg(run_dir, data_dir, *FAST))
+    run_dir = copy_of(trained_run, tmp_path)
     copy = run_dir / "tokenizer"
     changed = _other_tokenizer(copy, tmp_path / "changed")
     shutil.copy(changed / "tokenizer.json", copy / "tokenizer.json")
@@ -162,11 +171,9 @@ def test_resume_refuses_a_changed_run_tokenizer(tmp_path, data_dir):
         train(cfg)
 
 
-def test_foreign_checkpoint_into_a_used_folder_is_refused(tmp_path, data_dir):
+def test_foreign_checkpoint_into_a_used_folder_is_refused(tmp_path, data_dir, trained_run):
     """Resuming run A's checkpoint into run B's folder would mix B's history with A's."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    train(make_cfg(a, data_dir, *FAST))
-    train(make_cfg(b, data_dir, *FAST))
+    a, b = trained_run, copy_of(trained_run, tmp_path)
     before = (b / "csv" / "metrics.csv").read_text()
     ckpt = a / "checkpoints" / "step0000002.ckpt"
     cfg = make_cfg(b, data_dir, *FAST, "optim.max_steps=6", f"ckpt_path={ckpt}")

@@ -1,5 +1,6 @@
-"""Sweep summaries: a real multirun ends with summary.csv and a table; hand-made job folders
-cover the cases a real sweep makes slowly or rarely (a crash mid-run, W&B only, no record)."""
+"""Sweep summaries: a real multirun (a job per learning rate and logger, W&B-only jobs among
+them) ends with summary.csv and a table; hand-made job folders cover what a real sweep makes
+rarely (a crash mid-run, a job killed before its end was recorded)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from runs import ROOT, read_metrics, run_cli
 
 from bertpt.runs.sweeps import NO_RECORD, STATUS_FILE, SweepSummary, main, summarise
 
-SWEEP_ARGS = ["+experiment=tiny", "+debug=fast", "export_hf=false", "logger=csv"]
+SWEEP_ARGS = ["+experiment=tiny", "+debug=fast", "export_hf=false"]
 # This checkout's bertpt and conf/ in the sweep's process, whatever copy is installed.
 THIS_CHECKOUT = {"PYTHONPATH": str(ROOT)}
+# The shared sweep's jobs, in Hydra's order: (logger, optim.lr).
+JOBS = [("wandb_csv", 1e-4), ("wandb_csv", 3e-4), ("wandb", 1e-4), ("wandb", 3e-4)]
+LOGGERS = {"wandb_csv": ["wandb", "csv"], "wandb": ["wandb"]}
 
 
 def read_summary(sweep: Path) -> list[dict[str, str]]:
@@ -31,32 +35,72 @@ def last_logged(run_dir: Path, name: str) -> str:
     return [r[name] for r in read_metrics(run_dir) if r[name]][-1]
 
 
-@pytest.mark.slow
-def test_real_sweep_writes_summary_and_prints_table(tmp_path, data_dir):
-    sweep = tmp_path / "sweep"
-    args = ["-m", *SWEEP_ARGS, "optim.lr=1e-4,3e-4", f"paths.data_dir={data_dir}"]
-    proc = run_cli([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env_extra=THIS_CHECKOUT)
+def wandb_ids(run_dir: Path) -> list[str]:
+    # offline-run-<date>_<time>-<id>: one folder per process that logged
+    return [p.name.rsplit("-", 1)[1] for p in (run_dir / "wandb").glob("offline-run-*")]
 
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_dir) -> tuple[Path, str]:
+    """A real sweep by the real command, four tiny jobs of 4 steps in one process: two learning
+    rates, each logged to W&B and CSV (logger=wandb_csv) and to W&B alone (logger=wandb).
+    (sweep folder, console output)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    sweep = tmp / "sweep"
+    args = ["-m", *SWEEP_ARGS, "logger=wandb_csv,wandb", "optim.lr=1e-4,3e-4"]
+    args += [f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"]
+    proc = run_cli(args, cwd=tmp, env_extra=THIS_CHECKOUT)
+    return sweep, proc.stdout
+
+
+@pytest.mark.slow
+def test_real_sweep_writes_summary_and_prints_table(sweep):
+    sweep, out = sweep
     rows = read_summary(sweep)
-    assert [float(r["optim.lr"]) for r in rows] == [1e-4, 3e-4]
+    assert [(r["logger"], float(r["optim.lr"])) for r in rows] == JOBS
+    assert [r["status"] for r in rows] == ["ok", "ok", "no metrics", "no metrics"]
     for row in rows:
         job = sweep / row["job"]
-        assert row["status"] == "ok" and Path(row["folder"]) == job.resolve()
+        assert Path(row["folder"]) == job.resolve()
         for name in ("val/mlm_loss", "val/mlm_acc", "val/nsp_acc"):
-            assert row[f"final {name}"] == last_logged(job, name)
-    # Only the swept key is a column: the overrides every job shares are not.
-    assert "experiment" not in rows[0] and "logger" not in rows[0]
-    out = proc.stdout
-    assert f"sweep {sweep.resolve()}: 2 jobs: 2 ok" in out
-    assert "job  optim.lr  status  val/mlm_loss" in out
+            logged = last_logged(job, name) if row["logger"] == "wandb_csv" else ""
+            assert row[f"final {name}"] == logged, (row["job"], name)
+    # The W&B-only jobs logged to W&B alone, and the summary says so.
+    assert [r["note"] for r in rows[2:]] == ["metrics only in W&B: no CSV"] * 2
+    # Only the swept keys are columns: the overrides every job shares are not.
+    assert "experiment" not in rows[0] and "export_hf" not in rows[0]
+    assert f"sweep {sweep.resolve()}: 4 jobs: 2 ok, 2 no metrics" in out
+    assert "job  logger     optim.lr  status      val/mlm_loss" in out
+    assert "2    wandb      0.0001    no metrics  -" in out
+    assert "jobs 2, 3: metrics only in W&B: no CSV" in out
     assert f"summary: {sweep.resolve() / 'summary.csv'}" in out
+
+
+@pytest.mark.slow
+def test_sweep_jobs_have_their_own_config_checkpoints_wandb_run_and_csv(sweep):
+    """The jobs run one after another in one process: each keeps its own overrides, folder,
+    W&B run and CSV, and none writes into another's."""
+    sweep, _ = sweep
+    for job, (logger, lr) in enumerate(JOBS):
+        folder = sweep / str(job)
+        config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+        assert (config.optim.lr, list(config.logger)) == (lr, LOGGERS[logger]), job
+        assert (folder / "checkpoints" / "last.ckpt").is_file()
+        assert (folder / STATUS_FILE).read_text() == "ok\n"
+        if logger == "wandb_csv":
+            assert [int(r["step"]) for r in read_metrics(folder) if r["train/loss"]] == [0, 1, 2, 3]
+        else:
+            assert not (folder / "csv").exists(), job
+    ids = [wandb_ids(sweep / str(job)) for job in range(len(JOBS))]
+    assert all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == len(JOBS), ids
 
 
 def test_crashed_jobs_are_failed_rows_and_the_sweep_still_fails(tmp_path):
     """Both jobs stop in the config check (seconds): Hydra runs both, then raises; the summary
     is written at exit with the error of each job."""
     sweep = tmp_path / "sweep"
-    args = ["-m", *SWEEP_ARGS, "data.max_seq_length=100000,200000", f"hydra.sweep.dir={sweep}"]
+    args = ["-m", *SWEEP_ARGS, "logger=csv", "data.max_seq_length=100000,200000"]
+    args.append(f"hydra.sweep.dir={sweep}")
     proc = run_cli(args, cwd=tmp_path, env_extra=THIS_CHECKOUT, check=False)
 
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -76,14 +120,11 @@ def make_job(
     overrides: list[str],
     status: str | None,
     metrics: list[dict[str, str]] | None = None,
-    loggers: tuple[str, ...] = ("CSVLogger",),
 ) -> Path:
     """A job folder as Hydra and the callback leave it; ``status`` None: no record written."""
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    targets = {name: {"_target_": f"lightning.pytorch.loggers.{name}"} for name in loggers}
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"logger": targets}))
     if status is not None:
         (job / STATUS_FILE).write_text(status)
     if metrics is not None:
@@ -103,15 +144,16 @@ def train_row(step: int) -> dict[str, str]:
     return {"step": str(step), "train/loss": "9.0", "val/mlm_loss": "", "val/mlm_acc": ""}
 
 
-def test_hand_made_sweep_final_best_failed_and_wandb_only(tmp_path, capsys):
+def test_hand_made_sweep_final_best_and_a_crash_mid_run(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     common = ["+experiment=tiny", "logger=csv"]
     # Job 0 improved then got worse: final differs from best.
     metrics = [train_row(1), val_row(2, "7.5", "0.10"), train_row(3), val_row(4, "8.0", "0.08")]
     make_job(sweep, 0, [*common, "optim.lr=0.0001"], "ok\n", metrics)
-    # Job 1 crashed before logging anything; job 2 logged to W&B alone.
-    make_job(sweep, 1, [*common, "optim.lr=0.0003"], "failed\nRuntimeError: CUDA out of memory\n")
-    make_job(sweep, 2, [*common, "optim.lr=0.001"], "ok\n", loggers=("WandbLogger",))
+    # Job 1 crashed after its first validation: failed, with what it logged.
+    crashed = [train_row(1), val_row(2, "7.9", "0.05"), train_row(3)]
+    oom = "failed\nRuntimeError: CUDA out of memory\n"
+    make_job(sweep, 1, [*common, "optim.lr=0.0003"], oom, crashed)
 
     main([str(sweep)])
 
@@ -119,19 +161,17 @@ def test_hand_made_sweep_final_best_failed_and_wandb_only(tmp_path, capsys):
     assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [
         ("0", "0.0001", "ok"),
         ("1", "0.0003", "failed"),
-        ("2", "0.001", "no metrics"),
     ]
     assert (rows[0]["final val/mlm_loss"], rows[0]["best val/mlm_loss"]) == ("8.0", "7.5")
     assert (rows[0]["final val/mlm_acc"], rows[0]["best val/mlm_acc"]) == ("0.08", "0.10")
     assert "final val/nsp_acc" not in rows[0]  # logged by no job
-    assert rows[1]["final val/mlm_loss"] == "" and rows[1]["note"].startswith("RuntimeError")
-    assert rows[2]["note"] == "metrics only in W&B: no CSV"
+    assert (rows[1]["final val/mlm_loss"], rows[1]["best val/mlm_loss"]) == ("7.9", "7.9")
+    assert rows[1]["note"] == "RuntimeError: CUDA out of memory"
     out = capsys.readouterr().out
-    assert "3 jobs: 1 ok, 1 failed, 1 no metrics" in out
-    assert "0    0.0001    ok          8 (7.5)" in out
-    assert "1    0.0003    failed      -" in out
+    assert "2 jobs: 1 ok, 1 failed" in out
+    assert "0    0.0001    ok      8 (7.5)" in out
+    assert "1    0.0003    failed  7.9 (7.9)" in out
     assert "job 1: RuntimeError: CUDA out of memory" in out
-    assert "job 2: metrics only in W&B: no CSV" in out
 
 
 def test_job_without_record_is_unknown_or_failed_when_the_sweep_stopped(tmp_path):

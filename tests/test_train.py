@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -256,29 +258,6 @@ def test_ddp_two_processes_disjoint(tmp_path, data_dir):
     assert (run / "hf" / "model.safetensors").is_file()
 
 
-@pytest.mark.slow
-def test_multirun_two_jobs(tmp_path, data_dir):
-    sweep = tmp_path / "sweep"
-    run_cli(
-        [
-            "-m",
-            "+experiment=tiny",
-            "+debug=fast",
-            "optim.lr=1e-4,3e-4",
-            "export_hf=false",
-            f"paths.data_dir={data_dir}",
-            f"hydra.sweep.dir={sweep}",
-            "logger=csv",
-        ],
-        cwd=tmp_path,
-    )
-    for job in ("0", "1"):
-        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
-        assert (sweep / job / "csv" / "metrics.csv").is_file()
-    lrs = {OmegaConf.load(sweep / j / ".hydra" / "config.yaml").optim.lr for j in "01"}
-    assert lrs == {1e-4, 3e-4}
-
-
 def test_init_from_keeps_gradient_checkpointing(tmp_path):
     """Starting from a Hugging Face folder keeps the run's gradient_checkpointing setting."""
     from bertpt.model.bert import BertConfig, BertForPreTraining
@@ -379,31 +358,64 @@ def test_gpu_config_on_a_cpu_turns_compile_off(tmp_path, caplog):
     assert build_trainer(cpu)[1]["compile"] is True
 
 
-def test_validation_set_is_the_same_at_every_epoch(tmp_path, data_dir):
-    """Lightning sets the epoch of validation samplers too; pairs and masks must not follow it."""
-    from lightning.fabric.utilities.data import _set_sampler_epoch
+TINY_TEXT = (
+    "a small model reads each sentence of the text and learns to predict the word that was "
+    "masked from the words around it"
+)
 
-    from bertpt.training.datamodule import PretrainDataModule
 
-    cfg = make_cfg(tmp_path, data_dir, "+experiment=tiny", "+debug=fast")
-    dm = PretrainDataModule(cfg.data, cfg.tokenizer, cfg.paths, seed=0)
-    dm.prepare_data()
-    dm.setup()
+def write_tiny_corpus(path: Path, docs: int = 8, sentences: int = 6) -> Path:
+    """A corpus in BERT format of ``docs`` documents: at data.max_seq_length=32 about 20
+    training pairs, an epoch of 2 or 3 batches of 8."""
+    words = TINY_TEXT.split()
+    lines = []
+    for doc in range(docs):
+        for s in range(sentences):
+            lines += [" ".join(words[(3 * doc + s + k) % len(words)] for k in range(9)) + "."]
+        lines += [""]
+    path.write_text("\n".join(lines))
+    return path
 
-    def val_batches(epoch: int) -> list[dict]:
-        loader = dm.val_dataloader()
-        _set_sampler_epoch(loader, epoch)  # what Lightning's evaluation loop does
-        return list(loader)
 
-    first, later = val_batches(0), val_batches(6)
-    assert len(first) == len(later) > 1
-    for a, b in zip(first, later, strict=True):
-        for key in ("input_ids", "labels", "next_sentence_label"):
-            assert torch.equal(a[key], b[key]), key
-    # ...while the training sampler does follow the epoch
-    train_loader = dm.train_dataloader()
-    _set_sampler_epoch(train_loader, 1)
-    assert next(iter(train_loader.sampler))[0] == 1
+def test_epochs_reshuffle_training_and_keep_validation(tmp_path, tokenizer_dir):
+    """A real run over a corpus of a few batches an epoch, 10 steps: every epoch trains on other
+    batches (the sampler follows the epoch), while every validation sees the same pairs and
+    masks, whichever epoch it runs in (Lightning sets the epoch of validation samplers too)."""
+    data, seen = tmp_path / "data", tmp_path / "seen"
+    data.mkdir()
+    write_tiny_corpus(data / "corpus.txt")
+    cfg = make_cfg(
+        tmp_path / "run", data, "+experiment=tiny", "+debug=fast", "optim.max_steps=10",
+        "data.max_seq_length=32", f"tokenizer.path={tokenizer_dir}", "export_hf=false",
+        "logger=csv", "+callbacks.record._target_=record_epochs.RecordEpochs",
+        f"+callbacks.record.out_dir={seen}",
+    )  # fmt: skip
+    train(cfg)
+    records = [json.loads(line) for line in (seen / "batches.jsonl").read_text().splitlines()]
+
+    epochs: dict[int, list[str]] = {}
+    for r in records:
+        if r["stage"] == "train":
+            epochs.setdefault(r["epoch"], []).append(r["batch"])
+    sizes = {epoch: len(batches) for epoch, batches in epochs.items()}
+    assert len(epochs) >= 3 and sizes[0] == sizes[1] >= 2, sizes  # epochs of a few batches
+    first = set(epochs[0])
+    for epoch, batches in epochs.items():
+        if epoch > 0:
+            assert not first & set(batches), f"epoch {epoch} repeats batches of epoch 0"
+
+    validations: dict[int, tuple[set[int], list[str]]] = {}
+    for r in records:
+        if r["stage"] == "val":
+            in_epochs, batches = validations.setdefault(r["validation"], (set(), []))
+            in_epochs.add(r["epoch"])
+            batches.append(r["batch"])
+    assert len(validations) == 5  # val_check_interval=2: after steps 2, 4, ..., 10
+    assert set().union(*(e for e, _ in validations.values())) >= {0, 1, 2}, validations
+    reference = validations[1][1]
+    assert len(reference) > 1
+    for number, (in_epochs, batches) in validations.items():
+        assert batches == reference, f"validation {number} (epoch {in_epochs}) saw other batches"
 
 
 @pytest.mark.slow
