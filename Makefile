@@ -17,6 +17,7 @@ TOKENIZER ?= data/tokenizer
 VOCAB_SIZE ?= 8192
 EXPERIMENT ?= tiny_long
 TRAIN_ARGS ?=
+PROBE_ARGS ?=
 PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
@@ -47,9 +48,9 @@ tokenizer: $(STAMP) data ## train the WordPiece tokenizer on the corpus into dat
 # `make train`'s run folder, named once per make call (:=), so the probe finds the run it follows.
 TRAIN_RUN := outputs/train/runs/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-train: $(STAMP) ## pretrain a small BERT on the default corpus (tiny, 5,000 steps: CPU minutes), then probe it [EXPERIMENT=mini TRAIN_ARGS="optim.max_steps=2000"]
+train: $(STAMP) ## pretrain a small BERT on the default corpus (tiny, 5,000 steps: CPU minutes), then probe it [EXPERIMENT=mini TRAIN_ARGS="optim.max_steps=2000" PROBE_ARGS="--seeds 3"]
 	$(PY) -m bertpt.train +experiment=$(EXPERIMENT) hydra.run.dir=$(TRAIN_RUN) $(TRAIN_ARGS)
-	$(PY) -m bertpt.probe $(TRAIN_RUN)/hf
+	$(PY) -m bertpt.probe $(TRAIN_RUN)/hf $(PROBE_ARGS)
 	@echo "plots: $(TRAIN_RUN)/plots/overview.png (and one file per panel); report: $(TRAIN_RUN)/report.md"
 
 train-base: $(STAMP) ## BERT-base phase 1 (seq 128) on every visible GPU
@@ -90,5 +91,5 @@ format: $(STAMP) ## ruff format and autofix
 	$(VENV)/bin/ruff check --fix bertpt tests
 
 clean: ## remove generated data, outputs and caches (keeps .venv)
-	rm -rf data/corpus.txt data/tokenizer data/cache outputs multirun wandb .pytest_cache .ruff_cache
+	rm -rf data/corpus.txt data/tokenizer data/tokenizers data/cache outputs multirun wandb .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
