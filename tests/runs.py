@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import csv
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -159,3 +161,18 @@ def run_readme_example(marker: str, paths: dict[str, str]) -> dict:
     namespace: dict = {"__name__": "readme_example"}
     exec(compile(tree, f"README.md:{line}", "exec"), namespace)
     return namespace
+
+
+def other_tokenizer(src: Path, dst: Path) -> Path:
+    """A copy of the tokenizer folder ``src`` at ``dst``: the same size, other tokens (two
+    entries of the vocabulary swapped)."""
+    shutil.copytree(src, dst)
+    tok = json.loads((dst / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = list(vocab)[100:102]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (dst / "tokenizer.json").write_text(json.dumps(tok))
+    lines = (dst / "vocab.txt").read_text().splitlines()
+    lines[100], lines[101] = lines[101], lines[100]
+    (dst / "vocab.txt").write_text("\n".join(lines) + "\n")
+    return dst

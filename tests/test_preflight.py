@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import make_cfg, run_cli
+from runs import make_cfg, other_tokenizer, run_cli
 
 from bertpt.common.errors import UserError
 from bertpt.model.bert import BertConfig, BertForPreTraining
@@ -93,29 +93,11 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir, trained_run)
         train(cfg)
 
 
-def _other_tokenizer(src: Path, dst: Path) -> Path:
-    """The same size, other tokens: two entries of the vocabulary swapped."""
-    import json
-
-    dst.mkdir()
-    for f in src.iterdir():
-        shutil.copy(f, dst / f.name)
-    tok = json.loads((dst / "tokenizer.json").read_text())
-    vocab = tok["model"]["vocab"]
-    a, b = list(vocab)[100:102]
-    vocab[a], vocab[b] = vocab[b], vocab[a]
-    (dst / "tokenizer.json").write_text(json.dumps(tok))
-    lines = (dst / "vocab.txt").read_text().splitlines()
-    lines[100], lines[101] = lines[101], lines[100]
-    (dst / "vocab.txt").write_text("\n".join(lines) + "\n")
-    return dst
-
-
 def test_init_from_keeps_its_tokenizer_and_refuses_another(tmp_path, data_dir, tokenizer_dir):
     small = BertConfig(vocab_size=2000, hidden_size=32, num_hidden_layers=1,
                        num_attention_heads=2, intermediate_size=64)  # fmt: skip
     hf = to_hf(BertForPreTraining(small), tmp_path / "hf", tokenizer_dir=tokenizer_dir)
-    other = _other_tokenizer(tokenizer_dir, tmp_path / "other")
+    other = other_tokenizer(tokenizer_dir, tmp_path / "other")
     cfg = make_cfg(tmp_path / "a", data_dir, *FAST, f"model.init_from={hf}",
                    f"tokenizer.path={other}")  # fmt: skip
     with pytest.raises(UserError, match=r"has another vocabulary than model\.init_from"):
@@ -153,7 +135,7 @@ def test_resume_keeps_the_run_tokenizer_from_any_directory(tmp_path, data_dir, t
     )  # fmt: skip
     exported = (run_dir / "hf" / "tokenizer.json").read_bytes()
     assert exported == (run_dir / "tokenizer" / "tokenizer.json").read_bytes()
-    other = _other_tokenizer(run_dir / "tokenizer", tmp_path / "other")
+    other = other_tokenizer(run_dir / "tokenizer", tmp_path / "other")
     cfg = make_cfg(run_dir, data_dir, *FAST, "optim.max_steps=8", "ckpt_path=last",
                    f"tokenizer.path={other}")  # fmt: skip
     with pytest.raises(UserError, match=r"has sha256 \w+ but the checkpoint was trained with"):
@@ -164,7 +146,7 @@ def test_resume_refuses_a_changed_run_tokenizer(tmp_path, data_dir, trained_run)
     """The run's own tokenizer copy is checked against the hash in the checkpoint too."""
     run_dir = copy_of(trained_run, tmp_path)
     copy = run_dir / "tokenizer"
-    changed = _other_tokenizer(copy, tmp_path / "changed")
+    changed = other_tokenizer(copy, tmp_path / "changed")
     shutil.copy(changed / "tokenizer.json", copy / "tokenizer.json")
     cfg = make_cfg(run_dir, data_dir, *FAST, "optim.max_steps=6", "ckpt_path=last")
     with pytest.raises(UserError, match=r"tokenizer .*/run/tokenizer has sha256 .* restore"):

@@ -19,7 +19,7 @@ import pytest
 import torch
 import transformers
 from omegaconf import OmegaConf
-from runs import make_cfg, read_metrics, run_cli
+from runs import make_cfg, other_tokenizer, read_metrics, run_cli
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tokenizers import Tokenizer
@@ -79,20 +79,6 @@ def _callback(name: str, cls: type, **kwargs) -> list[str]:
     """Overrides that add the test-only callback ``cls`` (defined in this module) to a run."""
     args = [f"+callbacks.{name}._target_={__name__}.{cls.__name__}"]
     return args + [f"+callbacks.{name}.{k}={v}" for k, v in kwargs.items()]
-
-
-def _other_tokenizer(src: Path, dst: Path) -> Path:
-    """The same size as ``src``, other tokens: two entries of the vocabulary swapped."""
-    shutil.copytree(src, dst)
-    tok = json.loads((dst / "tokenizer.json").read_text())
-    vocab = tok["model"]["vocab"]
-    a, b = list(vocab)[100:102]
-    vocab[a], vocab[b] = vocab[b], vocab[a]
-    (dst / "tokenizer.json").write_text(json.dumps(tok))
-    lines = (dst / "vocab.txt").read_text().splitlines()
-    lines[100], lines[101] = lines[101], lines[100]
-    (dst / "vocab.txt").write_text("\n".join(lines) + "\n")
-    return dst
 
 
 # --- logger=tensorboard and train.log ------------------------------------------------------------
@@ -419,7 +405,7 @@ def test_allow_mismatch_starts_init_from_with_another_tokenizer(
     with tokenizer.allow_mismatch=true: a warning names both, and the run trains the folder's
     weights on the given tokenizer, which its folder and export keep."""
     folder = hf_folders["BertForMaskedLM"]
-    other = _other_tokenizer(tokenizer_dir, tmp_path / "other")
+    other = other_tokenizer(tokenizer_dir, tmp_path / "other")
     run, start = tmp_path / "run", tmp_path / "start.pt"
     with caplog.at_level(logging.WARNING, logger="bertpt.training.preflight"):
         train(make_cfg(run, data_dir, *FAST, "logger=csv", f"model.init_from={folder}",
@@ -440,7 +426,7 @@ def test_allow_mismatch_resumes_with_another_tokenizer(tmp_path, data_dir, clipp
     run goes on from the checkpoint's step, and its checkpoints record the new tokenizer."""
     source, _ = clipped_run
     ckpt = source / "checkpoints" / "step0000002.ckpt"
-    other = _other_tokenizer(source / "tokenizer", tmp_path / "other")
+    other = other_tokenizer(source / "tokenizer", tmp_path / "other")
     run = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="bertpt.data.tokenizer"):
         train(make_cfg(run, data_dir, *FAST, "logger=csv", "export_hf=false",
