@@ -1,9 +1,12 @@
 """Every trainer configuration runs for real: the real Trainer, strategy and precision plugin.
 
-Each `conf/trainer/*.yaml` that a CPU can run is crossed with each precision the CPU supports;
-every run trains a few steps, writes a checkpoint and resumes from ``ckpt_path=last``. FSDP runs
-on CPU processes (gloo) through bertpt's strategy, so its save, resume and export are tested
-here too; the GPU-only configs are exercised by tests/test_gpu.py.
+Each `conf/trainer/*.yaml` that a CPU can run is crossed with each precision the CPU supports,
+and each pair runs once: it trains a few steps, writes a checkpoint and resumes from
+``ckpt_path=last``. DDP and FSDP at their configs' precisions also resume exactly and export
+(test_resume_is_exact_and_exports_the_trained_weights), the other pairs only train and resume
+(test_trains_checkpoints_and_resumes). FSDP runs on CPU processes (gloo) through bertpt's
+strategy, so its save, resume and export are tested here too; the GPU-only configs are
+exercised by tests/test_gpu.py.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from runs import ROOT, losses_by_step, make_cfg, read_metrics, run_cli
 
 from bertpt.train import train
@@ -37,6 +41,25 @@ CPU_TRAINERS = {
 GPU_ONLY_TRAINERS = {"gpu", "ddp"}  # tests/test_gpu.py
 CPU_PRECISIONS = ("32-true", "bf16-mixed")
 COMMON = ["+experiment=tiny", "+debug=fast", "logger=csv"]
+# The pairs that test_resume_is_exact_and_exports_the_trained_weights runs (DDP in fp32, FSDP in
+# fsdp.yaml's bf16-mixed); test_trains_checkpoints_and_resumes runs the others: each pair once.
+EXACT_RESUME = [("ddp_cpu", "32-true"), ("fsdp_1", "bf16-mixed"), ("fsdp_2", "bf16-mixed")]
+# On a machine without a GPU, trainer=default builds trainer=cpu's Trainer
+# (test_default_trainer_is_the_cpu_trainer_without_a_gpu): its cells would repeat the cpu ones.
+ON_A_GPU_MACHINE = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="without a GPU trainer=default is trainer=cpu, which the cpu-* cells run",
+)
+
+
+def train_and_resume_cells():
+    """Every (trainer, precision) pair that test_resume_is_exact_... does not run."""
+    for trainer in sorted(CPU_TRAINERS):
+        for precision in CPU_PRECISIONS:
+            if (trainer, precision) in EXACT_RESUME:
+                continue
+            marks = [ON_A_GPU_MACHINE] if trainer == "default" else []
+            yield pytest.param(trainer, precision, marks=marks, id=f"{trainer}-{precision}")
 
 
 def run(run_dir: Path, data_dir: Path, overrides: list[str], in_process: bool) -> None:
@@ -54,11 +77,30 @@ def test_every_trainer_config_is_covered():
     configs = {p.stem for p in (ROOT / "conf" / "trainer").glob("*.yaml")}
     cpu = {name.split("_")[0] if name.startswith("fsdp") else name for name in CPU_TRAINERS}
     assert configs == cpu | GPU_ONLY_TRAINERS
+    # the pairs that test_trains_checkpoints_and_resumes leaves to test_resume_is_exact_... exist
+    assert set(EXACT_RESUME) <= {(t, p) for t in CPU_TRAINERS for p in CPU_PRECISIONS}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU trainer=default trains on it")
+def test_default_trainer_is_the_cpu_trainer_without_a_gpu(tmp_path, data_dir):
+    """Why the default-* cells run on GPU machines only: without a GPU, trainer=default builds
+    the Trainer that trainer=cpu builds (accelerator, devices, strategy, precision, the rest of
+    the config), which the cpu-* cells run."""
+    from bertpt.training.fit import build_trainer
+
+    def built(name: str) -> tuple:
+        cfg = make_cfg(tmp_path / "run", data_dir, *COMMON, f"trainer={name}")
+        trainer, speed = build_trainer(cfg)
+        rest = OmegaConf.to_container(cfg.trainer, resolve=True)
+        rest.pop("accelerator"), rest.pop("devices")  # "auto" in default.yaml: compared as built
+        chosen = (type(trainer.accelerator), trainer.num_devices, type(trainer.strategy))
+        return (*chosen, type(trainer.precision_plugin), trainer.precision, speed, rest)
+
+    assert built("default") == built("cpu")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", CPU_PRECISIONS)
-@pytest.mark.parametrize("trainer", sorted(CPU_TRAINERS))
+@pytest.mark.parametrize(("trainer", "precision"), train_and_resume_cells())
 def test_trains_checkpoints_and_resumes(tmp_path, data_dir, trainer, precision):
     spec = CPU_TRAINERS[trainer]
     run_dir = tmp_path / "run"
@@ -81,34 +123,54 @@ def test_trains_checkpoints_and_resumes(tmp_path, data_dir, trainer, precision):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", ["ddp_cpu", "fsdp_1", "fsdp_2"])
-def test_resume_is_exact_and_exports_the_trained_weights(tmp_path, data_dir, trainer):
+@pytest.mark.parametrize(("trainer", "precision"), EXACT_RESUME, ids=[t for t, _ in EXACT_RESUME])
+def test_resume_is_exact_and_exports_the_trained_weights(tmp_path, data_dir, trainer, precision):
     """DDP and FSDP (full state dicts) on CPU processes: resuming from the step-4 checkpoint
-    gives the uninterrupted run's losses exactly (each rank's dropout continues where it was),
-    and the checkpoint exports the weights the run ended with (gathered from the shards)."""
-    args = [*COMMON, *CPU_TRAINERS[trainer]["overrides"], "optim.max_steps=6"]
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    run(full, data_dir, args, in_process=False)
+    gives the uninterrupted run's losses exactly (each rank's dropout continues where it was);
+    the run exports the weights of its last checkpoint (gathered from the shards), which are
+    not those it started from; and ``ckpt_path=last`` continues it in its folder at step 6."""
+    from bertpt.model.checkpoint import model_weights, read_checkpoint
+    from bertpt.model.hf import from_hf
+    from bertpt.training.export import export
+
+    args = [*COMMON, *CPU_TRAINERS[trainer]["overrides"], f"trainer.precision={precision}"]
+    full, resumed, init = tmp_path / "full", tmp_path / "resumed", tmp_path / "init"
+    record = ["+callbacks.init._target_=record_init.RecordInitialWeights",
+              f"+callbacks.init.out_dir={init}"]  # fmt: skip
+    run(full, data_dir, [*args, "optim.max_steps=6", *record], in_process=False)
+    last = full / "checkpoints" / "last.ckpt"
     ckpt4 = full / "checkpoints" / "step0000004.ckpt"
-    run(resumed, data_dir, [*args, f"ckpt_path={ckpt4}", "export_hf=false"], in_process=False)
+    resume4 = [*args, "optim.max_steps=6", f"ckpt_path={ckpt4}", "export_hf=false"]
+    run(resumed, data_dir, resume4, in_process=False)
     a, b = losses_by_step(full), losses_by_step(resumed)
     assert sorted(b) == [4, 5]
     assert all(a[s] == b[s] for s in (4, 5)), (a, b)
 
-    from bertpt.model.hf import from_hf
-    from bertpt.training.export import export
+    # The export at the end and the export of last.ckpt hold last.ckpt's weights ...
+    export(last, tmp_path / "from_ckpt")
+    at_end = from_hf(full / "hf").state_dict()
+    from_ckpt = from_hf(tmp_path / "from_ckpt").state_dict()
+    in_ckpt = read_checkpoint(last)
+    assert in_ckpt.step == 6
+    assert at_end.keys() == from_ckpt.keys() == in_ckpt.state_dict.keys()
+    for name, exported in (("the export at the end", at_end), ("its export", from_ckpt)):
+        differ = [k for k in exported if not torch.equal(exported[k], in_ckpt.state_dict[k])]
+        assert not differ, f"{name} is not last.ckpt's weights: {differ}"
+    # ... which trained: every tensor moved away from the weights the run started from (an
+    # export of the initial weights, or of anything but the trained model, fails here)
+    initial = model_weights(torch.load(init / "initial.pt", weights_only=True), "initial.pt")
+    assert initial.keys() == at_end.keys()
+    unmoved = [k for k in initial if torch.equal(initial[k], at_end[k])]
+    assert not unmoved, f"exported as they were before the first step: {unmoved}"
 
-    export(full / "checkpoints" / "last.ckpt", tmp_path / "from_ckpt")
-    at_end, from_ckpt = from_hf(full / "hf"), from_hf(tmp_path / "from_ckpt")
-    assert at_end.state_dict().keys() == from_ckpt.state_dict().keys()
-    ids = torch.randint(
-        5, at_end.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)
-    )
-    at_end.eval(), from_ckpt.eval()
-    with torch.no_grad():
-        assert torch.equal(at_end(ids).prediction_logits, from_ckpt(ids).prediction_logits)
-    # a sharded model would have exported one rank's shard: the weights must have trained
-    assert at_end.bert.encoder.layer[0].attention.self.query.weight.std() > 0.01
+    # ckpt_path=last trains the finished run on in its folder: from step 6, each step once
+    more = [*args, "optim.max_steps=8", "ckpt_path=last", "export_hf=false"]
+    run(full, data_dir, more, in_process=False)
+    steps = [int(r["step"]) for r in read_metrics(full) if r["train/loss"]]
+    assert steps == list(range(8)), steps
+    c = losses_by_step(full)
+    assert all(c[s] == a[s] for s in range(6)) and all(math.isfinite(c[s]) for s in (6, 7)), c
+    assert read_checkpoint(last).step == 8
 
 
 def _grads(out_dir: Path) -> list[dict]:
