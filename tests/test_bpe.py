@@ -4,17 +4,21 @@ same files in every process."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, pre_tokenizers, trainers
+from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, RobertaTokenizerFast
 
 import bertpt
 from bertpt.common.errors import UserError
+from bertpt.data import bpe
 from bertpt.data.tokenizer import (
     corpus_sentences,
     load_tokenizer,
@@ -75,20 +79,89 @@ def test_transformers_loads_it_as_roberta_with_the_same_ids(bpe_tokenizer_dir, c
     assert hf(TEXTS[0], TEXTS[1])["input_ids"] == own.encode(TEXTS[0], TEXTS[1]).ids
 
 
-def test_as_the_library_trainer_gives_it(default_corpus, bpe_tokenizer_dir):
-    """The vocabulary is the tokenizers BpeTrainer's, <mask> appended."""
-    lib = Tokenizer(__import__("tokenizers").models.BPE())
-    lib.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=999,
-        min_frequency=2,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+def _merged(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """``symbols`` with each occurrence of ``pair`` joined into one, leftmost first."""
+    out, i = [], 0
+    while i < len(symbols):
+        if tuple(symbols[i : i + 2]) == pair:
+            out.append("".join(pair))
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
+def _pair_counts(split: dict[str, list[str]], words: Counter[str]) -> Counter[tuple[str, str]]:
+    counts = Counter()
+    for word, symbols in split.items():
+        for two in pairwise(symbols):
+            counts[two] += words[word]
+    return counts
+
+
+def _replay(words: Counter[str], merges: list[tuple[str, str]]) -> Counter[tuple[str, str]]:
+    """Replay ``merges`` on the byte-level ``words`` (with their counts), checking that each
+    joins a pair of the most frequent at its step; the pair counts left after the last."""
+    split = {word: list(word) for word in words}
+    previous = math.inf
+    for pair in merges:
+        counts = _pair_counts(split, words)
+        most = max(counts.values())
+        # a merge forms new pairs no more frequent than itself: the counts never rise
+        assert counts[pair] == most <= previous, (pair, counts[pair], most, previous)
+        previous = most
+        split = {word: _merged(symbols, pair) for word, symbols in split.items()}
+    return _pair_counts(split, words)
+
+
+def test_each_merge_joins_a_most_frequent_pair_until_none_is_met_twice(default_corpus, tmp_path):
+    """BPE as its definition has it, whatever the library's tie-breaking: replayed on the
+    corpus's byte-level words, each merge of merges.txt joins a pair of the most frequent at its
+    step. The vocabulary is the specials, the 256 bytes, one token per merge after its parts and
+    <mask>. Asked for more than the corpus has, training goes on until no pair is met
+    min_frequency (2) times, and the smaller vocabulary's merges are the first of the larger's."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(default_corpus.read_text().splitlines()[:120]) + "\n")
+    out = train_tokenizer(
+        corpus, tmp_path / "bpe", vocab_size=400, lowercase=False, kind="bpe", show_progress=False
     )
-    lib.train_from_iterator(corpus_sentences(default_corpus), trainer)
-    ours = load_tokenizer(bpe_tokenizer_dir).get_vocab()
-    assert {t: i for t, i in ours.items() if t != "<mask>"} == lib.get_vocab()
+    tok = load_tokenizer(out)
+    vocab = tok.get_vocab()
+
+    def merges_of(merges_txt: str) -> list[tuple[str, str]]:
+        return [tuple(m.split(" ")) for m in merges_txt.splitlines()[1:]]
+
+    merges = merges_of((out / "merges.txt").read_text())
+    assert len(vocab) == 4 + 256 + len(merges) + 1 == 400 and vocab["<mask>"] == 399
+    assert set(pre_tokenizers.ByteLevel.alphabet()) <= set(vocab)
+    assert all(max(vocab[a], vocab[b]) < vocab[a + b] < 399 for a, b in merges)
+    sentences = corpus_sentences(corpus)
+    words = Counter(w for s in sentences for w, _ in tok.pre_tokenizer.pre_tokenize_str(s))
+    _replay(words, merges)
+
+    # train_bpe itself: train_tokenizer refuses a corpus that falls this far short of the size
+    full = bpe.train_bpe(corpus_sentences(corpus), 100_000, 2, show_progress=False)
+    all_merges = merges_of(bpe.bpe_files(full, 512)["merges.txt"])
+    assert len(all_merges) > 3 * len(merges) and all_merges[: len(merges)] == merges
+    left = _replay(words, all_merges)
+    assert max(left.values(), default=0) == 1, f"pairs left, most frequent: {left.most_common(3)}"
+
+
+def test_frequent_words_are_tokens_and_every_text_decodes_as_it_was(
+    default_corpus, bpe_tokenizer_dir
+):
+    """Byte-level BPE loses nothing: any text, a corpus sentence or odd characters, decodes to
+    itself. A word met n times gives each of its pairs n occurrences, so a word left in pieces
+    leaves a pair met n times unmerged: here the most frequent such word is met 200 times, the
+    50th most frequent word 853 times."""
+    tok = load_tokenizer(bpe_tokenizer_dir)
+    sentences = list(corpus_sentences(default_corpus))
+    words = Counter(w for s in sentences for w, _ in tok.pre_tokenizer.pre_tokenize_str(s))
+    vocab = tok.get_vocab()
+    assert [w for w, _ in words.most_common(50) if w not in vocab] == []
+    for text in [t for t in TEXTS if "<mask>" not in t] + sentences[::20]:
+        assert tok.decode(tok.encode(text).ids) == text, text
 
 
 def test_same_files_in_every_process(default_corpus, tmp_path):

