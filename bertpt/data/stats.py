@@ -89,17 +89,18 @@ def data_report(
 def check_store(store: DocumentStore, unk_id: int) -> None:
     """Raise a UserError for a tokenized corpus that cannot train a model: no tokens, or a
     tokenizer that does not fit it. Run while the data is prepared, before any logger starts."""
-    _check_tokens(len(store), store.num_tokens, _unk_count(store, unk_id))
+    tokens = store.num_tokens
+    _check_tokens(len(store), tokens, _unk_count(store, unk_id) / max(tokens, 1))
 
 
-def _check_tokens(documents: int, tokens: int, unk: int) -> None:
+def _check_tokens(documents: int, tokens: int, unk_rate: float) -> None:
     if documents == 0 or tokens == 0:
         raise UserError(
             "the corpus yields no tokens — give a corpus with text, not only whitespace"
         )
-    if unk / tokens > UNK_LIMIT:
+    if unk_rate > UNK_LIMIT:
         raise UserError(
-            f"{unk / tokens:.1%} of the tokens are [UNK], so the tokenizer does not fit this "
+            f"{unk_rate:.1%} of the tokens are [UNK], so the tokenizer does not fit this "
             "corpus — train one on it (drop tokenizer.path, or python -m bertpt.tokenizer)"
         )
 
@@ -111,7 +112,7 @@ def check_data(report: dict) -> None:
             f"max_seq_length ({report['max_seq_length']}) cannot hold [CLS] A [SEP] B [SEP] "
             "— use >= 5"
         )
-    _check_tokens(report["documents"], report["tokens"], report["unk_rate"] * report["tokens"])
+    _check_tokens(report["documents"], report["tokens"], report["unk_rate"])
     if report.get("pairs_per_epoch", report.get("sequences_per_epoch")) == 0:
         raise UserError(
             "no usable pair: every document holds fewer than two tokens — give longer documents"
