@@ -31,28 +31,32 @@ EXIT_USER_ERROR = 2
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def refused_write(
-    e: BaseException, kind: str, target: Path, kept: str, then: str
-) -> UserError | None:
-    """The one-line error for writing ``kind`` ``target`` when the disk refused the write
-    (full, a size limit, read-only), or None when ``e`` is something else. Writers report it
-    their own way: an ``OSError``; torch's zip writer a RuntimeError that it stopped short
-    (``unexpected pos N vs M``); safetensors an error that names ``(os error N)``. ``kept`` says
-    what is still there, ``then`` how to carry on after the fix."""
-    code: int | None = e.errno if isinstance(e, OSError) else None
-    found = re.search(r"\(os error (\d+)\)", str(e))
-    if code is None and found:
-        code = int(found.group(1))
-    if code is not None:
-        reason = os.strerror(code)
-    elif isinstance(e, RuntimeError) and "inline_container" in str(e):
-        reason, code = "the file stopped short of its end", errno.ENOSPC
-    else:
-        return None
-    fix = f"free space in {target.parent}" if code in NO_ROOM else f"make {target.parent} writable"
-    return UserError(
-        f"cannot write {kind} {target}: the disk refused the write ({reason}) — {kept}: {fix}{then}"
-    )
+@contextlib.contextmanager
+def refused_writes(kind: str, target: Path, kept: str, then: str) -> Iterator[None]:
+    """Around writing ``kind`` ``target``: a write the disk refused (full, a size limit,
+    read-only) becomes one UserError line; any other error passes unchanged. Writers report a
+    refusal their own way: an ``OSError``; torch's zip writer a RuntimeError that it stopped
+    short (``unexpected pos N vs M``); safetensors an error that names ``(os error N)``.
+    ``kept`` says what is still there, ``then`` how to carry on after the fix."""
+    try:
+        yield
+    except Exception as e:
+        code: int | None = e.errno if isinstance(e, OSError) else None
+        found = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None and found:
+            code = int(found.group(1))
+        if code is not None:
+            reason = os.strerror(code)
+        elif isinstance(e, RuntimeError) and "inline_container" in str(e):
+            reason, code = "the file stopped short of its end", errno.ENOSPC
+        else:
+            raise
+        where = target.parent
+        fix = f"free space in {where}" if code in NO_ROOM else f"make {where} writable"
+        raise UserError(
+            f"cannot write {kind} {target}: the disk refused the write ({reason}) — {kept}: "
+            f"{fix}{then}"
+        ) from e
 
 
 @contextlib.contextmanager

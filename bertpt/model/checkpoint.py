@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from bertpt.common.atomic import temp_beside
-from bertpt.common.errors import UserError, refused_write
+from bertpt.common.errors import UserError, refused_writes
 from bertpt.model.bert import BertConfig
 
 MODEL_PREFIX = "model."  # attribute name of the BertForPreTraining in the LightningModule
@@ -54,19 +54,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     with temp_beside(path) as (fd, tmp):
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-        except (OSError, RuntimeError) as e:
-            error = refused_write(
-                e, "checkpoint", path, "the previous checkpoint is intact",
-                " and resume with ckpt_path=last",
-            )  # fmt: skip
-            if error is None:
-                raise
-            raise error from e
+        kept, then = "the previous checkpoint is intact", " and resume with ckpt_path=last"
+        with refused_writes("checkpoint", path, kept, then), os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     # Make the rename itself durable (a power cut after it must not bring back the old entry).
     with contextlib.suppress(OSError):

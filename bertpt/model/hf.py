@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bertpt.common.atomic import publish_dir
-from bertpt.common.errors import UserError, refused_write
+from bertpt.common.errors import UserError, refused_writes
 from bertpt.data.tokenizer import copy_tokenizer, tokenizer_hash
 from bertpt.model.bert import SPEED_FIELDS, BertConfig, BertForPreTraining
 from bertpt.model.checkpoint import error_reason, load_torch_file
@@ -269,21 +269,13 @@ def to_hf(
     }
     if model.config.model_type == "roberta":
         sd = _rename(sd, ROBERTA_KEYS)
-    try:
-        with publish_dir(out, replace=True) as pub:
-            tmp = pub.tmp
-            save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
-            config = json.dumps(hf_config_dict(model.config), indent=2)
-            (tmp / "config.json").write_text(config + "\n")
-            copied = copy_tokenizer(tokenizer_dir, tmp) if tokenizer_dir is not None else []
-            digest = tokenizer_hash(tmp) if "tokenizer.json" in copied else None
-            record = {**(info or {}), "tokenizer_hash": digest}
-            (tmp / EXPORT_INFO).write_text(json.dumps(record, indent=2) + "\n")
-    except (OSError, SafetensorError) as e:
-        error = refused_write(
-            e, "the export", out, "an export already there is intact", " and export again"
-        )
-        if error is None:
-            raise
-        raise error from e
+    kept, then = "an export already there is intact", " and export again"
+    with refused_writes("the export", out, kept, then), publish_dir(out, replace=True) as pub:
+        tmp = pub.tmp
+        save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(model.config), indent=2) + "\n")
+        copied = copy_tokenizer(tokenizer_dir, tmp) if tokenizer_dir is not None else []
+        digest = tokenizer_hash(tmp) if "tokenizer.json" in copied else None
+        record = {**(info or {}), "tokenizer_hash": digest}
+        (tmp / EXPORT_INFO).write_text(json.dumps(record, indent=2) + "\n")
     return out
