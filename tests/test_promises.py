@@ -19,6 +19,7 @@ import pytest
 import torch
 import transformers
 from omegaconf import OmegaConf
+from record_init import RecordInitialWeights
 from runs import make_cfg, other_tokenizer, read_metrics, run_cli
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -29,19 +30,6 @@ from bertpt.model.checkpoint import read_checkpoint
 from bertpt.train import train
 
 FAST = ["+experiment=tiny", "+debug=fast"]
-
-
-class SaveStartWeights(pl.Callback):
-    """Test-only: writes the model's weights as training starts (after any init_from or
-    resume), to ``path``."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        torch.save(
-            {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}, self.path
-        )
 
 
 class RecordClipping(pl.Callback):
@@ -76,9 +64,15 @@ class RecordClipping(pl.Callback):
 
 
 def _callback(name: str, cls: type, **kwargs) -> list[str]:
-    """Overrides that add the test-only callback ``cls`` (defined in this module) to a run."""
-    args = [f"+callbacks.{name}._target_={__name__}.{cls.__name__}"]
+    """Overrides that add the test-only callback ``cls`` (from a module under tests/) to a run."""
+    args = [f"+callbacks.{name}._target_={cls.__module__}.{cls.__name__}"]
     return args + [f"+callbacks.{name}.{k}={v}" for k, v in kwargs.items()]
+
+
+def _started(out_dir: Path) -> dict[str, torch.Tensor]:
+    """The model's weights as training started, as RecordInitialWeights wrote them."""
+    state = torch.load(out_dir / "initial.pt")
+    return {k.removeprefix("model."): v for k, v in state.items()}
 
 
 # --- logger=tensorboard and train.log ------------------------------------------------------------
@@ -276,11 +270,11 @@ def test_init_from_a_transformers_folder_starts_from_its_weights(
     the folder holds, with its tokenizer; the heads it lacks are freshly initialised (BERT's
     init at the folder's initializer_range) and named in the log, and trained with the rest."""
     folder, run = hf_folders[kind], tmp_path / "run"
-    start = tmp_path / "start.pt"
+    start = tmp_path / "start"
     with caplog.at_level(logging.WARNING, logger="bertpt.model.hf"):
         train(make_cfg(run, data_dir, *FAST, "logger=csv", f"model.init_from={folder}",
-                       *_callback("start", SaveStartWeights, path=start)))  # fmt: skip
-    saved, started = _saved_weights(folder), torch.load(start)
+                       *_callback("start", RecordInitialWeights, out_dir=start)))  # fmt: skip
+    saved, started = _saved_weights(folder), _started(start)
     assert saved.keys() <= started.keys(), sorted(saved.keys() - started.keys())
     differ = [k for k, v in saved.items() if not torch.equal(v, started[k])]
     assert not differ, f"training did not start from the folder's {differ}"
@@ -334,13 +328,13 @@ def phase1(tmp_path_factory, data_dir, tokenizer_dir):
 def test_base_phase2_continues_from_phase_1s_export(tmp_path, data_dir, phase1):
     """+experiment=base_phase2 model.init_from=PHASE1/hf: phase 2 starts from the weights
     phase 1 ended with and trains its own schedule (steps from 0) at sequence length 512."""
-    run, start = tmp_path / "run", tmp_path / "start.pt"
+    run, start = tmp_path / "run", tmp_path / "start"
     train(make_cfg(run, data_dir, "+experiment=base_phase2", "+debug=fast", *SHRUNK,
                    f"model.init_from={phase1 / 'hf'}",
-                   *_callback("start", SaveStartWeights, path=start)))  # fmt: skip
+                   *_callback("start", RecordInitialWeights, out_dir=start)))  # fmt: skip
     ended = read_checkpoint(phase1 / "checkpoints" / "last.ckpt")
     assert ended.step == 4
-    started = torch.load(start)
+    started = _started(start)
     assert started.keys() == ended.state_dict.keys()
     differ = [k for k, v in ended.state_dict.items() if not torch.equal(v, started[k])]
     assert not differ, f"phase 2 did not start from phase 1's {differ}"
@@ -406,15 +400,15 @@ def test_allow_mismatch_starts_init_from_with_another_tokenizer(
     weights on the given tokenizer, which its folder and export keep."""
     folder = hf_folders["BertForMaskedLM"]
     other = other_tokenizer(tokenizer_dir, tmp_path / "other")
-    run, start = tmp_path / "run", tmp_path / "start.pt"
+    run, start = tmp_path / "run", tmp_path / "start"
     with caplog.at_level(logging.WARNING, logger="bertpt.training.preflight"):
         train(make_cfg(run, data_dir, *FAST, "logger=csv", f"model.init_from={folder}",
                        f"tokenizer.path={other}", "tokenizer.allow_mismatch=true",
-                       *_callback("start", SaveStartWeights, path=start)))  # fmt: skip
+                       *_callback("start", RecordInitialWeights, out_dir=start)))  # fmt: skip
     warned = [r.getMessage() for r in caplog.records if "(allowed)" in r.getMessage()]
     assert warned == [f"tokenizer {other} differs from {folder}'s (allowed)"], warned
     embeddings = "bert.embeddings.word_embeddings.weight"
-    assert torch.equal(torch.load(start)[embeddings], _saved_weights(folder)[embeddings])
+    assert torch.equal(_started(start)[embeddings], _saved_weights(folder)[embeddings])
     for copy in (run / "tokenizer", run / "hf"):
         assert tokenizer_hash(copy) == tokenizer_hash(other), f"{copy} is not {other}"
     assert tokenizer_hash(other) != tokenizer_hash(folder)
