@@ -73,3 +73,20 @@ def finished_run(data_dir, tmp_path_factory):
     ]  # fmt: skip
     proc = run_cli(args, cwd=tmp)
     return run, proc.stdout
+
+
+@pytest.fixture(scope="session")
+def real_sweep(data_dir, tmp_path_factory):
+    """A real sweep by the real command, four tiny jobs of 4 steps in one process: two learning
+    rates, each logged to W&B and CSV (logger=wandb_csv) and to W&B alone (logger=wandb), run
+    with this checkout's bertpt and conf/ whatever copy is installed: (sweep folder, console
+    output). Its jobs are runs.SWEEP_JOBS. Shared by the sweep-summary and plot tests."""
+    from runs import ROOT, run_cli
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    sweep = tmp / "sweep"
+    args = ["-m", "+experiment=tiny", "+debug=fast", "export_hf=false"]
+    args += ["logger=wandb_csv,wandb", "optim.lr=1e-4,3e-4"]
+    args += [f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"]
+    proc = run_cli(args, cwd=tmp, env_extra={"PYTHONPATH": str(ROOT)})
+    return sweep, proc.stdout

@@ -19,6 +19,8 @@ from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
+# The jobs of conftest.real_sweep, in Hydra's order: (logger, optim.lr).
+SWEEP_JOBS = [("wandb_csv", 1e-4), ("wandb_csv", 3e-4), ("wandb", 1e-4), ("wandb", 3e-4)]
 
 
 def make_cfg(run_dir: Path, data_dir: Path, *overrides: str) -> DictConfig:

@@ -13,10 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from PIL import Image
-from runs import ROOT, run_cli
+from runs import ROOT
 from safetensors.torch import load_file
 
 from bertpt.benchmarks.data import bench_pairs
@@ -199,20 +198,12 @@ def test_plot_a_run_without_out_redraws_its_plots_folder(finished_run, tmp_path)
     assert not list(elsewhere.iterdir())
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, data_dir):
-    """A real sweep of two 4-step tiny jobs (optim.lr=1e-4,3e-4)."""
-    tmp = tmp_path_factory.mktemp("sweep")
-    folder = tmp / "multirun"
-    args = ["-m", "+experiment=tiny", "+debug=fast", "export_hf=false", "logger=csv"]
-    args += ["optim.lr=1e-4,3e-4", f"paths.data_dir={data_dir}", f"hydra.sweep.dir={folder}"]
-    run_cli(args, cwd=tmp, env_extra={"PYTHONPATH": str(ROOT)})
-    return folder
-
-
-def test_plot_a_sweep_folder_overlays_its_jobs(sweep, tmp_path):
-    """The sweep folder stands for its jobs: one figure with both (two colours, no third), named
-    by the value each job swept; without ``--out`` the figure is plots.png where it runs."""
+def test_plot_a_sweep_folder_overlays_its_jobs(real_sweep, tmp_path):
+    """The sweep folder stands for its jobs that logged to CSV: one figure with both (two
+    colours, no third: the W&B-only jobs have no curves here), named by the value each job swept
+    (the logger they share is left out); without ``--out`` the figure is plots.png where it
+    runs."""
+    sweep, _ = real_sweep
     out = tmp_path / "sweep.png"
     proc = command(sys.executable, "-m", "bertpt.plot", sweep, "--out", out, cwd=tmp_path)
     assert proc.stdout.strip() == f"plots: {out}"

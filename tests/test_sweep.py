@@ -14,15 +14,13 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
-from runs import ROOT, read_metrics, run_cli
+from runs import ROOT, SWEEP_JOBS, read_metrics, run_cli
 
 from bertpt.runs.sweeps import NO_RECORD, STATUS_FILE, SweepSummary, main, summarise
 
 SWEEP_ARGS = ["+experiment=tiny", "+debug=fast", "export_hf=false"]
 # This checkout's bertpt and conf/ in the sweep's process, whatever copy is installed.
 THIS_CHECKOUT = {"PYTHONPATH": str(ROOT)}
-# The shared sweep's jobs, in Hydra's order: (logger, optim.lr).
-JOBS = [("wandb_csv", 1e-4), ("wandb_csv", 3e-4), ("wandb", 1e-4), ("wandb", 3e-4)]
 LOGGERS = {"wandb_csv": ["wandb", "csv"], "wandb": ["wandb"]}
 
 
@@ -40,24 +38,11 @@ def wandb_ids(run_dir: Path) -> list[str]:
     return [p.name.rsplit("-", 1)[1] for p in (run_dir / "wandb").glob("offline-run-*")]
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, data_dir) -> tuple[Path, str]:
-    """A real sweep by the real command, four tiny jobs of 4 steps in one process: two learning
-    rates, each logged to W&B and CSV (logger=wandb_csv) and to W&B alone (logger=wandb).
-    (sweep folder, console output)."""
-    tmp = tmp_path_factory.mktemp("sweep")
-    sweep = tmp / "sweep"
-    args = ["-m", *SWEEP_ARGS, "logger=wandb_csv,wandb", "optim.lr=1e-4,3e-4"]
-    args += [f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"]
-    proc = run_cli(args, cwd=tmp, env_extra=THIS_CHECKOUT)
-    return sweep, proc.stdout
-
-
 @pytest.mark.slow
-def test_real_sweep_writes_summary_and_prints_table(sweep):
-    sweep, out = sweep
+def test_real_sweep_writes_summary_and_prints_table(real_sweep):
+    sweep, out = real_sweep
     rows = read_summary(sweep)
-    assert [(r["logger"], float(r["optim.lr"])) for r in rows] == JOBS
+    assert [(r["logger"], float(r["optim.lr"])) for r in rows] == SWEEP_JOBS
     assert [r["status"] for r in rows] == ["ok", "ok", "no metrics", "no metrics"]
     for row in rows:
         job = sweep / row["job"]
@@ -77,11 +62,11 @@ def test_real_sweep_writes_summary_and_prints_table(sweep):
 
 
 @pytest.mark.slow
-def test_sweep_jobs_have_their_own_config_checkpoints_wandb_run_and_csv(sweep):
+def test_sweep_jobs_have_their_own_config_checkpoints_wandb_run_and_csv(real_sweep):
     """The jobs run one after another in one process: each keeps its own overrides, folder,
     W&B run and CSV, and none writes into another's."""
-    sweep, _ = sweep
-    for job, (logger, lr) in enumerate(JOBS):
+    sweep, _ = real_sweep
+    for job, (logger, lr) in enumerate(SWEEP_JOBS):
         folder = sweep / str(job)
         config = OmegaConf.load(folder / ".hydra" / "config.yaml")
         assert (config.optim.lr, list(config.logger)) == (lr, LOGGERS[logger]), job
@@ -91,8 +76,8 @@ def test_sweep_jobs_have_their_own_config_checkpoints_wandb_run_and_csv(sweep):
             assert [int(r["step"]) for r in read_metrics(folder) if r["train/loss"]] == [0, 1, 2, 3]
         else:
             assert not (folder / "csv").exists(), job
-    ids = [wandb_ids(sweep / str(job)) for job in range(len(JOBS))]
-    assert all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == len(JOBS), ids
+    ids = [wandb_ids(sweep / str(job)) for job in range(len(SWEEP_JOBS))]
+    assert all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == len(SWEEP_JOBS), ids
 
 
 def test_crashed_jobs_are_failed_rows_and_the_sweep_still_fails(tmp_path):
