@@ -559,7 +559,8 @@ def test_readme_says_where_a_run_trains_its_tokenizer(tmp_path):
 
 def test_make_train_runs_the_command_the_readme_names():
     """`make train`'s training command is the one the README says, and it composes to the run the
-    README measured: tiny at 5,000 steps with a 500-step warmup."""
+    README measured: tiny at 5,000 steps with a 500-step warmup, at the peak lr and masking rate
+    the README names."""
     out = subprocess.run(
         ["make", "--no-print-directory", "-n", "train", "TRAIN_RUN=RUN"],
         cwd=ROOT, capture_output=True, text=True, check=True,
@@ -572,3 +573,6 @@ def test_make_train_runs_the_command_the_readme_names():
     cfg = compose_train(args)
     assert (cfg.model.num_hidden_layers, cfg.model.hidden_size) == (2, 128)
     assert (cfg.optim.max_steps, cfg.optim.warmup_steps) == (5000, 500)
+    lr = f"{cfg.optim.lr:.0e}".replace("e-0", "e-")  # 2e-3, as the README writes it
+    recipe = f"at a peak lr of {lr} with {cfg.data.mlm_probability:.0%} of the tokens"
+    assert recipe in " ".join(LINES), f"the README does not say make train trains {recipe} masked"
