@@ -81,12 +81,13 @@ def real_sweep(data_dir, tmp_path_factory):
     rates, each logged to W&B and CSV (logger=wandb_csv) and to W&B alone (logger=wandb), run
     with this checkout's bertpt and conf/ whatever copy is installed: (sweep folder, console
     output). Its jobs are runs.SWEEP_JOBS. Shared by the sweep-summary and plot tests."""
-    from runs import ROOT, run_cli
+    from runs import ROOT, SWEEP_ARGS, SWEEP_JOBS, run_cli
 
     tmp = tmp_path_factory.mktemp("sweep")
     sweep = tmp / "sweep"
-    args = ["-m", "+experiment=tiny", "+debug=fast", "export_hf=false"]
-    args += ["logger=wandb_csv,wandb", "optim.lr=1e-4,3e-4"]
+    loggers = ",".join(dict.fromkeys(logger for logger, _ in SWEEP_JOBS))
+    lrs = ",".join(dict.fromkeys(str(lr) for _, lr in SWEEP_JOBS))
+    args = ["-m", *SWEEP_ARGS, f"logger={loggers}", f"optim.lr={lrs}"]
     args += [f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"]
     proc = run_cli(args, cwd=tmp, env_extra={"PYTHONPATH": str(ROOT)})
     return sweep, proc.stdout

@@ -19,6 +19,8 @@ from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
+# What every test sweep's jobs share: tiny, a few steps, no export.
+SWEEP_ARGS = ["+experiment=tiny", "+debug=fast", "export_hf=false"]
 # The jobs of conftest.real_sweep, in Hydra's order: (logger, optim.lr).
 SWEEP_JOBS = [("wandb_csv", 1e-4), ("wandb_csv", 3e-4), ("wandb", 1e-4), ("wandb", 3e-4)]
 

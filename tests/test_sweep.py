@@ -14,11 +14,10 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
-from runs import ROOT, SWEEP_JOBS, read_metrics, run_cli
+from runs import ROOT, SWEEP_ARGS, SWEEP_JOBS, read_metrics, run_cli
 
 from bertpt.runs.sweeps import NO_RECORD, STATUS_FILE, SweepSummary, main, summarise
 
-SWEEP_ARGS = ["+experiment=tiny", "+debug=fast", "export_hf=false"]
 # This checkout's bertpt and conf/ in the sweep's process, whatever copy is installed.
 THIS_CHECKOUT = {"PYTHONPATH": str(ROOT)}
 LOGGERS = {"wandb_csv": ["wandb", "csv"], "wandb": ["wandb"]}
